@@ -1,0 +1,184 @@
+"""Full-ranking evaluation over all items, batched and jitted over users.
+
+For each user with held-out items in the evaluated part, every item is
+scored; items the user already revealed (training items, and validation items
+when testing) are pushed to -inf so they can neither hit nor take a slot,
+the top K are taken on device, and metric sums are accumulated per segment:
+
+* ``all``: every held-out item;
+* ``head`` / ``tail``: held-out items among the top 20% of items by training
+  popularity / the rest;
+* ``cold``: held-out items that never appear in training (cold_items split);
+* ``cold_only``: a second ranking restricted to cold items (how well the model
+  orders new items among themselves).
+
+Segment metrics rank among all items and count only users with at least one
+held-out item in the segment.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rec_jax.data.interactions import SplitData
+from rec_jax.eval import metrics as metrics_lib
+
+ScoreFn = Callable[[Any, dict, Any], jnp.ndarray]  # (params, query, side) -> [B, I]
+QueryFn = Callable[[np.ndarray, str], dict]  # (users, part) -> host arrays
+
+
+class Evaluator:
+    """Evaluates one part (valid or test) of a split.
+
+    Args:
+      data: the split data.
+      part: "valid" or "test".
+      ks: metric cut-offs.
+      batch_users: users per jitted batch (the last batch is padded).
+      num_recs: how many recommendations per user are kept for recs CSVs.
+    """
+
+    def __init__(self, data: SplitData, part: str, ks=(10, 20), batch_users: int = 256,
+                 num_recs: int = 20):
+        if part not in ("valid", "test"):
+            raise ValueError(f"part must be 'valid' or 'test', got {part!r}")
+        self.data, self.part, self.ks = data, part, tuple(ks)
+        self.max_k = max(max(self.ks), num_recs)
+        self.truth = getattr(data, part)
+        self.known = data.known_items(part)
+        self.users = np.flatnonzero(self.truth.lengths() > 0).astype(np.int32)
+        self.batch_users = int(min(batch_users, max(len(self.users), 1)))
+        self.segments = {"head": data.head_items, "tail": ~data.head_items}
+        if data.cold_items.any():
+            self.segments["cold"] = data.cold_items
+        self.num_recs = num_recs
+
+    def batches(self):
+        """Yields (users [B], user_mask [B]) with the last batch padded."""
+        b = self.batch_users
+        for lo in range(0, len(self.users), b):
+            users = self.users[lo:lo + b]
+            mask = np.ones(b, np.bool_)
+            if len(users) < b:
+                mask[len(users):] = False
+                users = np.concatenate([users, np.full(b - len(users), users[0], np.int32)])
+            yield users, mask
+
+    def evaluate(self, score_fn: ScoreFn, params, side, make_query: QueryFn,
+                 keep_recs: bool = True) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
+        """Scores every evaluated user against the full catalog.
+
+        Returns:
+          (metrics, recs): metrics flat as {"ndcg@10": ..., "tail/ndcg@10": ...},
+          recs {"user": [n], "items": [n, num_recs], "scores": [n, num_recs]}.
+        """
+        rank = _ranker(score_fn, self.ks, self.max_k, tuple(self.segments),
+                       "cold" in self.segments)
+        seg_masks = {k: jnp.asarray(v) for k, v in self.segments.items()}
+        totals: dict[str, float] = {}
+        rec_users, rec_items, rec_scores = [], [], []
+        for users, mask in self.batches():
+            query = make_query(users, self.part)
+            exclude = self.known.dense(users)
+            truth = self.truth.dense(users)
+            sums, top_items, top_scores = rank(params, query, side, exclude, truth, mask, seg_masks)
+            for k, v in jax.device_get(sums).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            if keep_recs:
+                n = int(mask.sum())
+                rec_users.append(users[:n])
+                rec_items.append(np.asarray(top_items)[:n, :self.num_recs])
+                rec_scores.append(np.asarray(top_scores)[:n, :self.num_recs])
+        result = _finalize_segments(totals)
+        recs = None
+        if keep_recs and rec_users:
+            recs = {"user": np.concatenate(rec_users), "items": np.concatenate(rec_items),
+                    "scores": np.concatenate(rec_scores)}
+        return result, recs
+
+    def write_recs(self, recs: dict[str, np.ndarray], folder: str) -> None:
+        """Writes recs_<part>.csv (original ids, top num_recs) and truth_<part>.csv."""
+        d = self.data.dataset
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"recs_{self.part}.csv")
+        with open(path + ".tmp", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["user_id", "rank", "item_id", "score"])
+            for u, items, scores in zip(recs["user"], recs["items"], recs["scores"]):
+                for r, (i, s) in enumerate(zip(items, scores), start=1):
+                    w.writerow([d.user_ids[u], r, d.item_ids[i], f"{s:.6g}"])
+        os.replace(path + ".tmp", path)
+        path = os.path.join(folder, f"truth_{self.part}.csv")
+        with open(path + ".tmp", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["user_id", "item_id"])
+            for u in self.users:
+                w.writerows([d.user_ids[u], d.item_ids[i]] for i in self.truth.row(u))
+        os.replace(path + ".tmp", path)
+
+
+@functools.lru_cache(maxsize=64)
+def _ranker(score_fn, ks, max_k, segment_names, with_cold_only):
+    """One jitted function: score, mask, top-K, and metric sums per segment."""
+
+    @jax.jit
+    def rank(params, query, side, exclude, truth, user_mask, seg_masks):
+        scores = score_fn(params, query, side).astype(jnp.float32)
+        scores = jnp.where(exclude, -jnp.inf, scores)
+        top_scores, top_items = jax.lax.top_k(scores, max_k)
+        sums = metrics_lib.ranking_sums(top_items, truth, ks, user_mask)
+        for name in segment_names:
+            seg = metrics_lib.ranking_sums(top_items, truth & seg_masks[name][None], ks, user_mask)
+            sums.update({f"{name}/{k}": v for k, v in seg.items()})
+        if with_cold_only:
+            cold = seg_masks["cold"][None]
+            _, cold_top = jax.lax.top_k(jnp.where(cold, scores, -jnp.inf), max_k)
+            seg = metrics_lib.ranking_sums(cold_top, truth & cold, ks, user_mask)
+            sums.update({f"cold_only/{k}": v for k, v in seg.items()})
+        return sums, top_items, top_scores
+
+    return rank
+
+
+def _finalize_segments(totals: dict[str, float]) -> dict[str, float]:
+    groups: dict[str, dict[str, float]] = {}
+    for key, value in totals.items():
+        prefix, _, name = key.rpartition("/")
+        groups.setdefault(prefix, {})[name] = value
+    out = {}
+    for prefix, sums in groups.items():
+        for name, value in metrics_lib.finalize(sums).items():
+            out[f"{prefix}/{name}" if prefix else name] = value
+    return out
+
+
+def ctr_metrics(logit_fn: Callable, params, side, data: SplitData, part: str,
+                threshold: float = 4.0, batch_size: int = 8192) -> dict[str, float]:
+    """AUC and LogLoss on the rated pairs of a part (label: rating >= threshold).
+
+    Args:
+      logit_fn: (params, users [B], items [B], side) -> logits [B].
+    """
+    rows = data.rows(part)
+    users = data.dataset.user[rows].astype(np.int32)
+    items = data.dataset.item[rows].astype(np.int32)
+    labels = data.dataset.rating[rows] >= threshold
+    fn = jax.jit(logit_fn)
+    logits = []
+    for lo in range(0, len(rows), batch_size):
+        u, i = users[lo:lo + batch_size], items[lo:lo + batch_size]
+        n = len(u)
+        if n < batch_size:  # Pad to one compiled shape.
+            u = np.pad(u, (0, batch_size - n))
+            i = np.pad(i, (0, batch_size - n))
+        logits.append(np.asarray(fn(params, u, i, side))[:n])
+    logits = np.concatenate(logits) if logits else np.zeros(0)
+    return {"auc": metrics_lib.auc(labels, logits), "logloss": metrics_lib.logloss(labels, logits),
+            "pairs": float(len(rows))}

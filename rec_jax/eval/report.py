@@ -1,0 +1,73 @@
+"""results.json -> report.md: one Markdown table of every model of a run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+# (header, split, metric key); a column is shown when any model has the key.
+COLUMNS = (
+    ("NDCG@10", "test", "ndcg@10"),
+    ("Recall@10", "test", "recall@10"),
+    ("HR@10", "test", "hr@10"),
+    ("MRR@10", "test", "mrr@10"),
+    ("NDCG@20", "test", "ndcg@20"),
+    ("tail NDCG@10", "test", "tail/ndcg@10"),
+    ("tail Recall@10", "test", "tail/recall@10"),
+    ("head NDCG@10", "test", "head/ndcg@10"),
+    ("cold Recall@10", "test", "cold/recall@10"),
+    ("cold NDCG@10", "test", "cold/ndcg@10"),
+    ("cold-only Recall@10", "test", "cold_only/recall@10"),
+    ("AUC", "test", "auc"),
+    ("LogLoss", "test", "logloss"),
+    ("top-10 overlap w/ teacher", "test", "agree/top10_overlap"),
+    ("KL(teacher‖student)", "test", "agree/kl"),
+    ("valid NDCG@10", "valid", "ndcg@10"),
+    ("params", "info", "num_params"),
+    ("score ms/user", "info", "score_ms_per_user"),
+    ("train s", "info", "train_seconds"),
+)
+
+
+def _fmt(value, key):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if key == "num_params":
+        return f"{int(value):,}"
+    if key in ("score_ms_per_user",):
+        return f"{value:.3g}"
+    if key == "train_seconds":
+        return f"{value:.0f}"
+    return f"{value:.4f}"
+
+
+def markdown_table(results: dict, title: str | None = None) -> str:
+    """A Markdown table of results {model: {split: {metric: value}}}."""
+    cols = [c for c in COLUMNS if any(c[2] in r.get(c[1], {}) for r in results.values())]
+    lines = []
+    if title:
+        lines += [f"### {title}", ""]
+    lines.append("| model | KD | " + " | ".join(c[0] for c in cols) + " |")
+    lines.append("|---|---|" + "---|" * len(cols))
+    for name, r in results.items():
+        kd = "yes" if "_kd" in name else ("—" if name in ("teacher", "pop") else "no")
+        cells = [_fmt(r.get(split, {}).get(key), key) for _, split, key in cols]
+        lines.append(f"| {name} | {kd} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(workdir: str, results: dict, header: str) -> str:
+    """Writes workdir/report.md and returns its text."""
+    text = header.rstrip() + "\n\n" + markdown_table(results)
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def read_results(workdir: str) -> dict:
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,230 @@
+"""The trainer: one readable loop for every model (teacher and students).
+
+Phases, top to bottom: setup, restore, loop (step, log, evaluate, save),
+finish. Model selection is on validation only; the caller reads the test
+split once, with the best validation params this returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+
+from rec_jax.data.pipeline import ExampleSource, TrainPipeline
+from rec_jax.eval.evaluator import Evaluator, QueryFn
+from rec_jax.train import optim
+from rec_jax.train.checkpoint import Checkpointer
+from rec_jax.train.logger import MetricLogger
+from rec_jax.train.step import (LossFn, init_state, make_pmapped_step, replicate,
+                                unreplicate)
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """Everything the trainer and evaluator need to know about a model.
+
+    Attributes:
+      name: output name (folder, results key), e.g. "mf_kd".
+      init: rng -> params.
+      loss_fn: (params, batch, side, frozen, rng) -> (loss, sums).
+      source: the training examples.
+      score_fn: (params, query, side) -> [B, num_items] scores.
+      make_query: (users, part) -> host arrays for score_fn.
+      frozen: params used in the forward pass but never trained.
+      label_fn: param path -> optimizer group (None: one group).
+      ctr_logit_fn: (params, users, items, side) -> logits, for CTR models.
+      module: the Linen module (for parameter counts and serving timings).
+    """
+
+    name: str
+    init: Callable[[jax.Array], Any]
+    loss_fn: LossFn
+    source: ExampleSource
+    score_fn: Callable
+    make_query: QueryFn
+    frozen: Any = None
+    label_fn: Callable | None = None
+    ctr_logit_fn: Callable | None = None
+    module: Any = None
+
+
+class TrainingInterrupted(SystemExit):
+    """Raised after SIGTERM, once the checkpoint is safely written."""
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def resolve_steps(train_cfg, steps_per_epoch: int) -> int:
+    """Training length in steps from either `steps` or `epochs` (one helper, one rule)."""
+    steps = int(train_cfg.get("steps", 0) or 0)
+    epochs = float(train_cfg.get("epochs", 0) or 0)
+    if steps and epochs:
+        raise ValueError("set either train.steps or train.epochs, not both")
+    if not steps and not epochs:
+        raise ValueError("set train.steps or train.epochs")
+    return steps or max(1, int(math.ceil(epochs * steps_per_epoch)))
+
+
+@dataclasses.dataclass
+class FitResult:
+    params: Any  # best validation params (host numpy)
+    meta: dict  # loop bookkeeping: best step, best metric, history, steps done
+
+
+def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed: int,
+        progress: str = "auto") -> FitResult:
+    """Trains spec's model, resuming from folder/ckpt if a checkpoint exists.
+
+    Args:
+      spec: the model.
+      cfg: the model's config section with `train` and `optim`.
+      side: feature tables (host arrays), passed to every step.
+      folder: the model's output folder (checkpoints, logs).
+      evaluator: validation evaluator (model selection and early stopping).
+      seed: seeds init, data order and step randomness.
+      progress: progress display mode (see MetricLogger).
+    """
+    # ------------------------------------------------------------------ setup
+    tcfg = cfg.train
+    pipeline = TrainPipeline(spec.source, tcfg.batch_size_per_device, seed,
+                             engine=tcfg.get("input_engine", "auto"))
+    steps_per_epoch = pipeline.steps_per_epoch
+    total_steps = resolve_steps(tcfg, steps_per_epoch)
+    eval_every = max(1, int(tcfg.eval_every_epochs * steps_per_epoch))
+    init_key, step_key = jax.random.split(jax.random.PRNGKey(seed))
+    params = spec.init(init_key)
+    tx = optim.make_optimizer(cfg.optim, total_steps, params, spec.label_fn)
+    state = init_state(params, tx)
+    best_params = params
+    meta = {"best_step": -1, "best_metric": -math.inf, "evals_since_best": 0,
+            "history": [], "done": False, "stopped_early": False}
+    ckpt = Checkpointer(os.path.join(folder, "ckpt"), keep=tcfg.keep_checkpoints)
+
+    # ---------------------------------------------------------------- restore
+    # Resume order: (1) the latest checkpoint's state and best params, (2) its
+    # loop metadata, (3) logs truncated to that step; the data position and
+    # RNG follow from the step alone.
+    start = 0
+    if ckpt.latest_step() is not None:
+        restored, meta = ckpt.restore({"state": state, "best": best_params})
+        state, best_params = restored["state"], restored["best"]
+        start = int(state.step)
+        logging.info("[%s] resumed from step %d (%s)", spec.name, start, ckpt.directory)
+    if meta["done"]:
+        ckpt.close()
+        return FitResult(best_params, meta)
+    logger = MetricLogger(folder, start, total_steps, spec.name, progress)
+
+    # ------------------------------------------------------------------- loop
+    p_step = make_pmapped_step(spec.loss_fn, tx)
+    state_r = replicate(state)
+    side_r, frozen_r = replicate(side), replicate(spec.frozen)
+    interrupted = _SigtermFlag()
+    sums_acc, last_log_step = None, start
+    log_every = max(1, tcfg.log_every_steps)
+    ckpt_every = tcfg.checkpoint_every_steps or 0
+    t_start = time.time()
+
+    def save(step_now):
+        nonlocal sums_acc
+        ckpt.save(step_now, {"state": unreplicate(state_r), "best": best_params}, meta)
+
+    def check_finite(step_now):
+        if sums_acc is not None and float(jax.device_get(sums_acc["nonfinite"][0])) > 0:
+            good = ckpt.latest_step()
+            raise NonFiniteLoss(
+                f"[{spec.name}] loss became NaN/inf between steps {last_log_step} and {step_now}; "
+                f"stopped without saving. The last good checkpoint is step {good} in "
+                f"{ckpt.directory}. Lower the learning rate (config.model.*.optim.lr) or "
+                "check the input data.")
+
+    try:
+        step = start
+        for batch in pipeline.device_batches(start, total_steps):
+            state_r, sums = p_step(state_r, batch, side_r, frozen_r, step_key)
+            sums_acc = sums if sums_acc is None else jax.tree.map(lambda a, b: a + b, sums_acc, sums)
+            step += 1
+            logger.step()
+
+            if step % log_every == 0 or step == total_steps:
+                check_finite(step)
+                host = jax.device_get(jax.tree.map(lambda x: x[0], sums_acc))
+                logger.write(step, _train_scalars(host, step - last_log_step, time.time() - t_start))
+                sums_acc, last_log_step, t_start = None, step, time.time()
+
+            if step % eval_every == 0 or step == total_steps:
+                check_finite(step)
+                params_now = unreplicate(state_r.params)
+                result, _ = evaluator.evaluate(spec.score_fn, params_now, side, spec.make_query,
+                                               keep_recs=False)
+                metric = result[tcfg.select_metric]
+                meta["history"].append({"step": step, tcfg.select_metric: metric})
+                if metric > meta["best_metric"]:
+                    meta.update(best_metric=metric, best_step=step, evals_since_best=0)
+                    best_params = params_now
+                else:
+                    meta["evals_since_best"] += 1
+                logger.write(step, {k: v for k, v in result.items() if "/" not in k}, kind="valid")
+                if meta["evals_since_best"] >= tcfg.patience:
+                    meta["stopped_early"] = True
+                    break
+                save(step)
+            elif ckpt_every and step % ckpt_every == 0:
+                check_finite(step)
+                save(step)
+
+            if interrupted.set:
+                check_finite(step)
+                save(step)
+                raise TrainingInterrupted(
+                    f"[{spec.name}] SIGTERM: checkpoint saved at step {step}; "
+                    "rerun the same command to resume")
+
+        # ------------------------------------------------------------- finish
+        check_finite(step)
+        meta["done"] = True
+        meta["steps_done"] = step
+        save(step)
+    finally:
+        interrupted.restore()
+        logger.close()
+        ckpt.close()
+    return FitResult(best_params, meta)
+
+
+def _train_scalars(sums: dict, steps: int, seconds: float) -> dict[str, float]:
+    count = max(float(sums.get("examples", 1.0)), 1.0)
+    out = {k: float(v) / count for k, v in sums.items() if k not in ("examples", "nonfinite")}
+    out["examples_per_sec"] = count / seconds if seconds > 0 else 0.0
+    out["steps"] = steps
+    return out
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop checks at each step boundary."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = None
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # Not the main thread: no handler (e.g. a notebook worker).
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.set = True
+
+    def restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
