@@ -1,0 +1,26 @@
+"""Cold start with few labels: the fraction of training interactions kept.
+
+Runs on the cold-items split (configs/ml100k_coldstart.py), where a seeded 10%
+of items never appear in training; the teacher's text knowledge should matter
+most when labels are scarce.
+
+Full grid (train_fraction ∈ {0.1, 0.25, 0.5, 1.0} x 3 seeds = 12 runs):
+
+  python -m rec_jax.experiments run experiments/label_fraction.py --root=/tmp/rec_jax/label_fraction
+  python -m rec_jax.experiments report /tmp/rec_jax/label_fraction --metric ndcg@10 cold/ndcg@10
+
+Tiny (train_fraction ∈ {0.25, 1.0} x 2 seeds = 4 runs on the tiny config):
+
+  python -m rec_jax.experiments run experiments/label_fraction.py --arg=tiny --root=/tmp/rec_jax/label_fraction_tiny
+  python -m rec_jax.experiments report /tmp/rec_jax/label_fraction_tiny
+"""
+
+from rec_jax import experiments as ex
+
+BASE_CONFIG = "configs/ml100k_coldstart.py"
+
+
+def get_grid(arg=None):
+  tiny = ex.is_tiny(arg)
+  return ex.product({"data.train_fraction": [0.25, 1.0] if tiny else [0.1, 0.25, 0.5, 1.0]},
+                    ex.seeds(2 if tiny else 3))

@@ -1,0 +1,28 @@
+"""Student embedding size: what each size buys in quality and costs to serve.
+
+One axis, zipped over the three students (MF, SASRec and DeepFM all get the same
+embed_dim in a run). The report adds a quality (ndcg@10) vs serving cost
+(score_ms_per_user) plot per model.
+
+Full grid (embed_dim ∈ {8, 16, 32, 64, 128} x 3 seeds = 15 runs):
+
+  python -m rec_jax.experiments run experiments/student_size.py --root=/tmp/rec_jax/student_size
+  python -m rec_jax.experiments report /tmp/rec_jax/student_size
+
+Tiny (embed_dim ∈ {8, 32} x 2 seeds = 4 runs on the tiny config):
+
+  python -m rec_jax.experiments run experiments/student_size.py --arg=tiny --root=/tmp/rec_jax/student_size_tiny
+  python -m rec_jax.experiments report /tmp/rec_jax/student_size_tiny
+"""
+
+from rec_jax import experiments as ex
+
+BASE_CONFIG = "configs/ml100k_distill.py"
+STUDENTS = ("mf", "sasrec", "deepfm")
+
+
+def get_grid(arg=None):
+  tiny = ex.is_tiny(arg)
+  dims = [8, 32] if tiny else [8, 16, 32, 64, 128]
+  return ex.product(ex.zip_axes({f"model.{s}.embed_dim": dims for s in STUDENTS}),
+                    ex.seeds(2 if tiny else 3))

@@ -1,0 +1,22 @@
+"""Distillation temperature T of the soft-label term (T²·KL at temperature T).
+
+Full grid (T ∈ {1, 2, 4, 8} x 3 seeds = 12 runs):
+
+  python -m rec_jax.experiments run experiments/temperature.py --root=/tmp/rec_jax/temperature
+  python -m rec_jax.experiments report /tmp/rec_jax/temperature
+
+Tiny (T ∈ {1, 4} x 2 seeds = 4 runs on the tiny config):
+
+  python -m rec_jax.experiments run experiments/temperature.py --arg=tiny --root=/tmp/rec_jax/temperature_tiny
+  python -m rec_jax.experiments report /tmp/rec_jax/temperature_tiny
+"""
+
+from rec_jax import experiments as ex
+
+BASE_CONFIG = "configs/ml100k_distill.py"
+
+
+def get_grid(arg=None):
+  tiny = ex.is_tiny(arg)
+  return ex.product({"distill.temperature": [1.0, 4.0] if tiny else [1.0, 2.0, 4.0, 8.0]},
+                    ex.seeds(2 if tiny else 3))
