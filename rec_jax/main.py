@@ -29,6 +29,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax and TFDS log every save and read at INFO; the job prints its own
+        # progress. Pass -v 0 (or --verbosity=0) to see everything.
+        logging.set_verbosity(logging.WARNING)
     # Repo root on the path so `configs.common` imports from config files.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import jax

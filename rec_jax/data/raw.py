@@ -159,8 +159,10 @@ def read(source_dir: str) -> RawMovieLens:
 def _split(path, lineno, line, sep, fields):
     parts = line.split(sep)
     if len(parts) != len(fields):
+        # Name the first field left without a value (too few columns), or the
+        # last expected field when extra columns follow it.
         raise DataFormatError(
-            path, lineno, fields[min(len(parts), len(fields)) - 1] if parts else fields[0],
+            path, lineno, fields[len(parts)] if len(parts) < len(fields) else fields[-1],
             f"expected {len(fields)} columns ({', '.join(fields)}) separated by "
             f"{sep!r}, found {len(parts)}: {line[:120]!r}")
     return parts

@@ -159,12 +159,13 @@ def _finalize_segments(totals: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def ctr_metrics(logit_fn: Callable, params, side, data: SplitData, part: str,
-                threshold: float = 4.0, batch_size: int = 8192) -> dict[str, float]:
+def ctr_metrics(logit_fn: Callable, make_query: QueryFn, params, side, data: SplitData,
+                part: str, threshold: float = 4.0, batch_size: int = 4096) -> dict[str, float]:
     """AUC and LogLoss on the rated pairs of a part (label: rating >= threshold).
 
     Args:
-      logit_fn: (params, users [B], items [B], side) -> logits [B].
+      logit_fn: (params, query, items [B], side) -> logits [B], where query =
+        make_query(users [B], part) describes each pair's user.
     """
     rows = data.rows(part)
     users = data.dataset.user[rows].astype(np.int32)
@@ -178,7 +179,7 @@ def ctr_metrics(logit_fn: Callable, params, side, data: SplitData, part: str,
         if n < batch_size:  # Pad to one compiled shape.
             u = np.pad(u, (0, batch_size - n))
             i = np.pad(i, (0, batch_size - n))
-        logits.append(np.asarray(fn(params, u, i, side))[:n])
+        logits.append(np.asarray(fn(params, make_query(u, part), i, side))[:n])
     logits = np.concatenate(logits) if logits else np.zeros(0)
     return {"auc": metrics_lib.auc(labels, logits), "logloss": metrics_lib.logloss(labels, logits),
             "pairs": float(len(rows))}

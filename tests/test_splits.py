@@ -1,0 +1,146 @@
+"""Each split's guarantees on MovieLens-100K (DESIGN §6)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from rec_jax.data import splits
+
+
+@pytest.fixture(scope="module")
+def made(ml100k):
+    """Splits are made once per module; each takes well under a second."""
+    cache = {}
+
+    def get(name, seed=0, **kw):
+        key = (name, seed, tuple(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = splits.make_split(ml100k, name, seed, **kw)
+        return cache[key]
+    return get
+
+
+def _per_user(dataset, rows):
+    return np.bincount(dataset.user[rows], minlength=dataset.num_users)
+
+
+@pytest.mark.parametrize("name", splits.SPLITS)
+def test_parts_are_disjoint_and_cover_all_rows(ml100k, made, name):
+    s = made(name)
+    rows = np.concatenate([s.train, s.valid, s.test])
+    assert len(rows) == ml100k.num_interactions
+    np.testing.assert_array_equal(np.sort(rows), np.arange(ml100k.num_interactions))
+    # No test (or valid) interaction is also a training interaction.
+    pairs = lambda r: set(zip(ml100k.user[r].tolist(), ml100k.item[r].tolist()))  # noqa: E731
+    assert not pairs(s.test) & pairs(s.train)
+    assert not pairs(s.valid) & pairs(s.train)
+    assert len(s.valid) > 0 and len(s.test) > 0
+
+
+def test_loo_time_holds_out_each_users_latest(ml100k, made):
+    s = made("loo_time")
+    d = ml100k
+    assert len(s.test) == len(s.valid) == d.num_users  # every ml-100k user has >= 20 ratings
+    np.testing.assert_array_equal(np.sort(d.user[s.test]), np.arange(d.num_users))
+    latest_train = np.full(d.num_users, np.iinfo(np.int64).min)
+    np.maximum.at(latest_train, d.user[s.train], d.timestamp[s.train])
+    valid_time = np.zeros(d.num_users, np.int64)
+    valid_time[d.user[s.valid]] = d.timestamp[s.valid]
+    test_time = np.zeros(d.num_users, np.int64)
+    test_time[d.user[s.test]] = d.timestamp[s.test]
+    assert np.all(latest_train <= valid_time) and np.all(valid_time <= test_time)
+    # Ties in time follow the canonical row order: test is the user's last row
+    # and valid the one before it.
+    last_row = np.zeros(d.num_users, np.int64)
+    np.maximum.at(last_row, d.user, np.arange(d.num_interactions))
+    np.testing.assert_array_equal(np.sort(s.test), np.sort(last_row))
+    np.testing.assert_array_equal(np.sort(s.valid), np.sort(last_row - 1))
+    # Deterministic: no seed involved.
+    np.testing.assert_array_equal(splits.make_split(d, "loo_time", seed=5).test, s.test)
+
+
+def test_ratio_is_8_1_1_per_user_and_seeded(ml100k, made):
+    s = made("ratio")
+    d = ml100k
+    n = _per_user(d, np.arange(d.num_interactions))
+    for part, share in (("train", 0.8), ("valid", 0.1), ("test", 0.1)):
+        counts = _per_user(d, getattr(s, part))
+        # Per user the share is exact up to rounding of one row.
+        assert np.all(np.abs(counts - share * n) <= 1.0), part
+    assert len(s.train) / d.num_interactions == pytest.approx(0.8, abs=0.005)
+    same = splits.make_split(d, "ratio", seed=0)
+    for part in ("train", "valid", "test"):
+        np.testing.assert_array_equal(getattr(same, part), getattr(s, part))
+    other = made("ratio", seed=1)
+    assert not np.array_equal(other.test, s.test)
+    # A different seed gives a different split, not a different size.
+    np.testing.assert_array_equal(_per_user(d, other.test), _per_user(d, s.test))
+
+
+def test_cold_items_never_in_train(ml100k, made):
+    s = made("cold_items")
+    d = ml100k
+    assert len(s.cold_items) == round(0.1 * d.num_items)
+    assert len(np.unique(s.cold_items)) == len(s.cold_items)
+    assert not np.isin(d.item[s.train], s.cold_items).any()
+    cold_rows = np.flatnonzero(np.isin(d.item, s.cold_items))
+    held_out = np.concatenate([s.valid, s.test])
+    assert np.isin(cold_rows, held_out).all()
+    # Cold interactions go to both valid and test, about half each.
+    in_valid = np.isin(cold_rows, s.valid).mean()
+    assert 0.4 < in_valid < 0.6
+    # Seeded.
+    np.testing.assert_array_equal(splits.make_split(d, "cold_items", 0).cold_items, s.cold_items)
+    assert not np.array_equal(made("cold_items", seed=1).cold_items, s.cold_items)
+    assert len(made("cold_items", cold_fraction=0.2).cold_items) == round(0.2 * d.num_items)
+
+
+@pytest.mark.parametrize("name", ["ratio", "loo_time"])
+def test_train_fraction_keeps_share_per_user_and_leaves_valid_test(ml100k, made, name):
+    full = made(name)
+    half = made(name, train_fraction=0.5)
+    d = ml100k
+    np.testing.assert_array_equal(half.valid, full.valid)
+    np.testing.assert_array_equal(half.test, full.test)
+    assert np.isin(half.train, full.train).all()  # a subset of the same training rows
+    full_counts, kept = _per_user(d, full.train), _per_user(d, half.train)
+    expected = np.maximum(1, np.round(0.5 * full_counts))
+    np.testing.assert_array_equal(kept, expected)
+    tenth = made(name, train_fraction=0.1)
+    assert np.all(_per_user(d, tenth.train) >= 1)  # every user keeps at least one row
+    assert len(tenth.train) == pytest.approx(0.1 * len(full.train), rel=0.05)
+    with pytest.raises(ValueError, match="train_fraction"):
+        splits.make_split(d, name, 0, train_fraction=0.0)
+
+
+def test_unknown_split_is_refused(ml100k):
+    with pytest.raises(ValueError, match="no_such_split"):
+        splits.make_split(ml100k, "no_such_split", 0)
+
+
+def test_write_csv_uses_original_ids(ml100k, made, tmp_path):
+    d = ml100k
+    s = made("cold_items")
+    splits.write_csv(d, s, str(tmp_path))
+    for part in ("train", "valid", "test"):
+        with open(tmp_path / f"{part}.csv") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["user_id", "item_id", "rating", "timestamp"]
+        rows = rows[1:]
+        idx = getattr(s, part)
+        assert len(rows) == len(idx)
+        expected = [(d.user_ids[d.user[r]], d.item_ids[d.item[r]], float(d.rating[r]),
+                     int(d.timestamp[r])) for r in idx]
+        assert [(u, i, float(r), int(t)) for u, i, r, t in rows] == expected
+    # Original MovieLens ids run from 1, contiguous ids from 0: check a known
+    # row of u.data ("196 242 3 881250949") survives the round trip.
+    with open(tmp_path / "train.csv") as f, open(tmp_path / "valid.csv") as g, \
+            open(tmp_path / "test.csv") as h:
+        everything = {tuple(r) for src in (f, g, h) for r in csv.reader(src)}
+    assert ("196", "242", "3", "881250949") in everything
+    with open(tmp_path / "cold_items.csv") as f:
+        cold = [r[0] for r in csv.reader(f)][1:]
+    assert cold == list(d.item_ids[s.cold_items])
