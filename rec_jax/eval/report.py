@@ -51,7 +51,7 @@ def markdown_table(results: dict, title: str | None = None) -> str:
     lines.append("| model | KD | " + " | ".join(c[0] for c in cols) + " |")
     lines.append("|---|---|" + "---|" * len(cols))
     for name, r in results.items():
-        kd = "yes" if "_kd" in name else ("—" if name in ("teacher", "pop") else "no")
+        kd = "yes" if "_kd" in name else ("—" if name.startswith(("teacher", "pop")) else "no")
         cells = [_fmt(r.get(split, {}).get(key), key) for _, split, key in cols]
         lines.append(f"| {name} | {kd} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

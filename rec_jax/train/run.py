@@ -4,6 +4,10 @@
 a run lives in ``<workdir>/<model>/``; a model whose ``results.json`` exists
 is finished and is reused, one with a checkpoint resumes, so rerunning the
 same command after any interruption completes the job.
+
+Stages: ``teacher`` runs the teacher models, ``student`` the rest (reusing
+the teacher's outputs in the workdir), ``eval`` re-evaluates finished models
+from their checkpoints, ``all`` runs everything in config order.
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ import platform
 import subprocess
 import time
 
+import flax
 import jax
 import numpy as np
-from absl import logging
 
 from rec_jax.data import dataset as dataset_lib
 from rec_jax.data import features, interactions, splits
+from rec_jax.data import text as text_lib
+from rec_jax.distill import artifacts as artifacts_lib
+from rec_jax.distill import kd as kd_lib
+from rec_jax.eval import agreement as agreement_lib
 from rec_jax.eval import report
 from rec_jax.eval.evaluator import Evaluator, ctr_metrics
 from rec_jax.models import registry
@@ -48,8 +56,18 @@ def _write_json(path: str, obj) -> None:
     if jax.process_index() != 0:
         return
     with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False, default=float)
+        json.dump(obj, f, indent=1, default=float)
     os.replace(path + ".tmp", path)
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------------------
+# Data and side tables.
+# ---------------------------------------------------------------------------
 
 
 def prepare_data(config, workdir: str) -> interactions.SplitData:
@@ -68,6 +86,38 @@ def prepare_data(config, workdir: str) -> interactions.SplitData:
     return data
 
 
+def needs_text(name: str, config) -> bool:
+    """Whether a model reads the teacher's text tables."""
+    return name.startswith("teacher") or (
+        name.endswith("_kd") and config.distill.teacher_mode == "online")
+
+
+def build_side(config, data, names) -> dict:
+    """Feature tables for every model of the run (text only if someone reads it)."""
+    side = features.side_features(data.dataset)
+    if any(needs_text(n, config) for n in names):
+        from rec_jax.models import bert as bert_lib
+        from rec_jax.models.teacher import parse_freeze
+        cfg = config.teacher
+        settings = bert_lib.BertSettings.from_hf_config(cfg.bert_path or
+                                                        bert_lib.default_bert_path())
+        d = config.data
+        cache = os.path.join(dataset_lib.prepared_dir(d.data_dir, d.variant, d.source_dir or None),
+                             "text_cache")
+        t = time.time()
+        side.update(text_lib.text_side(data.dataset, cfg.bert_path or None, cfg.item_text_len,
+                                       cfg.user_text_len,
+                                       parse_freeze(cfg.freeze, settings.num_layers),
+                                       settings.num_layers, cache))
+        print(f"text tables ready ({time.time() - t:.1f} s, cached in {cache})", flush=True)
+    return side
+
+
+# ---------------------------------------------------------------------------
+# Timing.
+# ---------------------------------------------------------------------------
+
+
 def serving_ms(fn, params, query, side, repeats: int = 30) -> float:
     """Median wall time (ms) of fn(params, query, side) after compilation."""
     jitted = jax.jit(fn)
@@ -80,6 +130,26 @@ def serving_ms(fn, params, query, side, repeats: int = 30) -> float:
     return 1000.0 * float(np.median(times))
 
 
+def bert_user_text_ms(config, dataset, repeats: int = 20) -> float:
+    """Time for BERT to encode one profile sentence: a new user's text at serving."""
+    from rec_jax.models import bert as bert_lib
+    cfg = config.teacher
+    model, variables, tokenizer = bert_lib.load_pretrained(cfg.bert_path or None)
+    tokens = text_lib.tokenize(tokenizer, text_lib.user_texts(dataset)[:1], cfg.user_text_len)
+
+    def encode(variables, tokens, side):
+        del side
+        out = model.apply(variables, tokens["input_ids"], tokens["attention_mask"],
+                          tokens["token_type_ids"])
+        return bert_lib.mean_pool(out["last_hidden_state"], tokens["attention_mask"])
+    return serving_ms(encode, variables, tokens, {}, repeats)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation of one model.
+# ---------------------------------------------------------------------------
+
+
 def evaluate_model(name: str, score_fn, make_query, params, side, data, config, folder: str,
                    ctr_logit_fn=None) -> dict:
     """Valid and test metrics (+ recs/truth CSVs) for the given (best) params."""
@@ -90,50 +160,137 @@ def evaluate_model(name: str, score_fn, make_query, params, side, data, config, 
         if jax.process_index() == 0 and recs is not None:
             ev.write_recs(recs, folder)
         if ctr_logit_fn is not None:
-            metrics.update(ctr_metrics(ctr_logit_fn, params, side, data, part,
+            metrics.update(ctr_metrics(ctr_logit_fn, make_query, params, side, data, part,
                                        config.eval.ctr_threshold))
         result[part] = metrics
-        logging.info("[%s] %s: %s", name, part,
-                     {k: round(v, 4) for k, v in metrics.items() if "/" not in k})
+    test = result["test"]
+    print(f"[{name}] test NDCG@10 {test['ndcg@10']:.4f}  Recall@10 {test['recall@10']:.4f}  "
+          f"(valid NDCG@10 {result['valid']['ndcg@10']:.4f})", flush=True)
     return result
 
 
-def run_model(name: str, config, data, side, workdir: str) -> dict:
+# ---------------------------------------------------------------------------
+# The teacher's extras and its bundle for students.
+# ---------------------------------------------------------------------------
+
+
+def _finish_teacher(name, spec, cfg, params, side, data, config, folder, result):
+    """Teacher extras: artifacts, params and test logits for the students, and
+    the honest serving cost.
+
+    Serving a user means encoding their profile text with BERT (item vectors
+    can be precomputed offline), then the history encoder and one matmul; the
+    BERT part is timed separately and added.
+    """
+    from rec_jax.models import bert as bert_lib
+    info = result["info"]
+    if cfg.use_text:
+        if cfg.freeze != "none":
+            # Frozen BERT layers are not trainable params but are part of the
+            # model that serves (new users' and items' text goes through them).
+            _, bert_params, _ = bert_lib.load_pretrained(cfg.bert_path or None,
+                                                         with_tokenizer=False)
+            trained = registry.num_params(params.get("text", {}))
+            info["num_params"] += registry.num_params(bert_params) - trained
+        info["score_ms_bert_user_text"] = bert_user_text_ms(config, data.dataset)
+        info["score_ms_per_user"] += info["score_ms_bert_user_text"]
+    if name != "teacher" or jax.process_index() != 0:
+        return
+    t = time.time()
+    arrays = artifacts_lib.compute(spec.module, params, side, data, spec.make_query,
+                                   cfg.artifact_topk)
+    artifacts_lib.save(os.path.join(folder, "artifacts.npz"), arrays, config)
+    with open(os.path.join(folder, "params.msgpack"), "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(jax.device_get(params)))
+    users = Evaluator(data, "test").users
+    logits = agreement_lib.teacher_test_logits(spec.score_fn, params, side, spec.make_query, users)
+    np.savez(os.path.join(folder, "test_logits.npz"), users=users, logits=logits)
+    info["artifact_seconds"] = time.time() - t
+
+
+def teacher_bundle(config, data, workdir: str) -> kd_lib.TeacherBundle:
+    """The teacher as students reach it: artifacts (cached) or params (online)."""
+    folder = os.path.join(workdir, "teacher")
+    cfg = config.teacher
+    mode = config.distill.teacher_mode
+    if mode == "cached":
+        arrays = artifacts_lib.load(os.path.join(folder, "artifacts.npz"), config)
+        return kd_lib.TeacherBundle(mode, int(arrays["item_vec"].shape[1]), cfg.max_len,
+                                    float(arrays["temperature"]), artifacts=arrays)
+    path = os.path.join(folder, "params.msgpack")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"teacher params not found: {path}; run the teacher stage first")
+    # The fingerprint check guards online mode too (same teacher, same split).
+    artifacts_lib.load(os.path.join(folder, "artifacts.npz"), config)
+    with open(path, "rb") as f:
+        params = flax.serialization.msgpack_restore(f.read())
+    module = registry.teacher_module(cfg, data)
+    return kd_lib.TeacherBundle(mode, cfg.dim, cfg.max_len, cfg.temperature, module=module,
+                                params=params)
+
+
+# ---------------------------------------------------------------------------
+# One model.
+# ---------------------------------------------------------------------------
+
+
+def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
     """Trains (or reuses) one model and returns its results entry."""
     folder = os.path.join(workdir, name)
     os.makedirs(folder, exist_ok=True)
     results_path = os.path.join(folder, "results.json")
     if os.path.exists(results_path):
-        with open(results_path) as f:
-            print(f"[{name}] finished earlier; reusing {results_path}", flush=True)
-            return json.load(f)
-    query = {"user": np.zeros(1, np.int32)}
+        print(f"[{name}] finished earlier; reusing {results_path}", flush=True)
+        return _read_json(results_path)
+    one_user = np.zeros(1, np.int32)
     t0 = time.time()
     if name == "pop":
         model = Popularity(data.item_popularity)
         result = evaluate_model(name, model.score_all, registry.user_query, {}, side, data,
                                 config, folder)
         result["info"] = {"num_params": 0, "train_seconds": 0.0,
-                          "score_ms_per_user": serving_ms(model.score_all, {}, query, side)}
+                          "score_ms_per_user": serving_ms(model.score_all, {},
+                                                          {"user": one_user}, side)}
+        _write_json(results_path, result)
+        return result
+
+    parts = registry.parts(name, config, data, side)
+    cfg = registry.model_config(config, name)
+    if name.endswith("_kd"):
+        spec, side = kd_lib.build(parts, bundle_fn(), config, data, side)
     else:
-        spec = registry.build(name, config, data, side)
-        cfg = config.model[name.split("_")[0]]
-        valid_eval = Evaluator(data, "valid", config.eval.ks, config.eval.batch_users)
-        fitted = trainer.fit(spec, cfg, side, folder, valid_eval, config.seed, config.progress)
-        train_seconds = time.time() - t0
-        result = evaluate_model(name, spec.score_fn, spec.make_query, fitted.params, side, data,
-                                config, folder, spec.ctr_logit_fn)
-        result["info"] = {
-            "num_params": registry.num_params(fitted.params),
-            "score_ms_per_user": serving_ms(spec.score_fn, fitted.params,
-                                            spec.make_query(query["user"], "test"), side),
-            "train_seconds": train_seconds,
-            "best_step": fitted.meta["best_step"],
-            "steps_done": fitted.meta.get("steps_done"),
-            "stopped_early": fitted.meta["stopped_early"],
-        }
+        spec = registry.plain_spec(parts)
+    valid_eval = Evaluator(data, "valid", config.eval.ks, config.eval.batch_users)
+    fitted = trainer.fit(spec, cfg, side, folder, valid_eval, config.seed, config.progress)
+    train_seconds = time.time() - t0
+    result = evaluate_model(name, spec.score_fn, spec.make_query, fitted.params, side, data,
+                            config, folder, spec.ctr_logit_fn)
+    serving_params = fitted.params["student"] if name.endswith("_kd") else fitted.params
+    result["info"] = {
+        "num_params": registry.num_params(serving_params),
+        "score_ms_per_user": serving_ms(spec.score_fn, fitted.params,
+                                        spec.make_query(one_user, "test"), side),
+        "train_seconds": train_seconds,
+        "best_step": fitted.meta["best_step"],
+        "steps_done": fitted.meta.get("steps_done"),
+        "stopped_early": fitted.meta["stopped_early"],
+    }
+    if name.startswith("teacher"):
+        _finish_teacher(name, spec, cfg, fitted.params, side, data, config, folder, result)
+    else:
+        logits_path = os.path.join(workdir, "teacher", "test_logits.npz")
+        if os.path.exists(logits_path):
+            with np.load(logits_path) as f:
+                result["test"].update(agreement_lib.agreement(
+                    spec.score_fn, fitted.params, side, spec.make_query, data, f["users"],
+                    f["logits"]))
     _write_json(results_path, result)
     return result
+
+
+# ---------------------------------------------------------------------------
+# The job.
+# ---------------------------------------------------------------------------
 
 
 def run(config, workdir: str, stage: str = "all") -> dict:
@@ -145,24 +302,37 @@ def run(config, workdir: str, stage: str = "all") -> dict:
         "config": config.to_dict(), "machine": machine_description(), "commit": _git_commit(),
         "jax": jax.__version__, "stage": stage})
     data = prepare_data(config, workdir)
-    side = features.side_features(data.dataset)
     names = [m.strip() for m in config.models.split(",") if m.strip()]
+    selected = [n for n in names if stage in ("all", "eval")
+                or (stage == "teacher") == n.startswith("teacher")]
+    if stage == "eval":
+        # Re-evaluation: drop finished results so each model is evaluated again
+        # from its final checkpoint (training itself is skipped: it is done).
+        for n in selected:
+            path = os.path.join(workdir, n, "results.json")
+            if os.path.exists(path):
+                os.remove(path)
+    side = build_side(config, data, selected)
+    bundle = []
+
+    def bundle_fn():  # Loaded once, on the first student that needs it.
+        if not bundle:
+            bundle.append(teacher_bundle(config, data, workdir))
+        return bundle[0]
+
     results = report.read_results(workdir)
-    for name in names:
-        if stage == "teacher" and name != "teacher":
-            continue
-        if stage == "student" and name == "teacher":
-            continue
-        if stage == "eval":
-            raise NotImplementedError("stage=eval arrives with the teacher stage")
-        results[name] = run_model(name, config, data, side, workdir)
+    for name in selected:
+        results[name] = run_model(name, config, data, side, workdir, bundle_fn)
         _write_json(os.path.join(workdir, "results.json"), results)
     header = (f"# {os.path.basename(os.path.abspath(workdir))}\n\n"
               f"Data {data.dataset.name}, split `{config.data.split}`, seed {config.seed}; "
               f"test metrics (full ranking over {data.num_items:,} items); "
               f"machine: {machine_description()}.")
-    text = report.write_report(workdir, {k: results[k] for k in names if k in results}, header)
-    print(text, flush=True)
-    if jax.process_index() == 0 and all(n in results for n in names):
-        open(os.path.join(workdir, "COMPLETE"), "w").close()
+    shown = {k: results[k] for k in names if k in results}
+    text = report.markdown_table(shown)
+    if jax.process_index() == 0:
+        report.write_report(workdir, shown, header)
+        if all(n in results for n in names):
+            open(os.path.join(workdir, "COMPLETE"), "w").close()
+    print(header + "\n\n" + text, flush=True)
     return results

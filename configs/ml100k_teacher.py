@@ -1,0 +1,28 @@
+"""The BERT teacher on MovieLens-100K, beside Pop and MF, on the `loo_time` split.
+
+    python -m rec_jax.main --config=configs/ml100k_teacher.py --workdir=workdir/teacher
+    python -m rec_jax.main --config=configs/ml100k_teacher.py --workdir=workdir/teacher_ratio \\
+        --config.data.split=ratio
+
+The CPU default freezes the whole MiniLM encoder (`teacher.freeze=encoder`):
+item and profile texts go through BERT once (about 10 s, then cached in the
+data folder) and only the recommendation layers train, so the teacher
+fine-tunes and writes its artifacts in a few minutes on 2 cores. `top:K`
+fine-tunes the top K BERT layers on cached lower-layer outputs; `none`
+fine-tunes everything and belongs on a GPU (see configs/gpu_teacher.py).
+`teacher_textonly` is the same teacher without ID embeddings.
+`:tiny` shrinks everything for tests (about a minute).
+"""
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+    config = common.base_config()
+    config.models = "pop,mf,teacher,teacher_textonly"
+    config.data.split = "loo_time"
+    if arg == "tiny":
+        common.shrink(config)
+    elif arg:
+        raise ValueError(f"unknown config argument {arg!r} (use 'tiny' or nothing)")
+    return config

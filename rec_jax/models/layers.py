@@ -1,0 +1,80 @@
+"""Building blocks shared by the teacher's history encoder and SASRec."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class CausalBlock(nn.Module):
+    """Pre-LayerNorm transformer block with causal, padding-aware attention.
+
+    Attributes:
+      dim: model width.
+      num_heads: attention heads.
+      dropout: dropout rate (attention and residual).
+      ffn_mult: feed-forward width as a multiple of dim.
+      dtype: compute dtype.
+    """
+
+    dim: int
+    num_heads: int
+    dropout: float
+    ffn_mult: int = 4
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, valid, deterministic: bool):
+        """x: [B, L, dim]; valid: [B, L] bool (False = padding)."""
+        length = x.shape[1]
+        causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
+        # Every query also sees itself, so a fully padded prefix never yields
+        # an all-masked softmax (NaN); padded outputs are ignored downstream.
+        mask = (causal[None] & valid[:, None, :]) | jnp.eye(length, dtype=jnp.bool_)[None]
+        h = nn.LayerNorm(dtype=self.dtype)(x)
+        h = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout,
+            deterministic=deterministic)(h, h, mask=mask[:, None])
+        x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        h = nn.LayerNorm(dtype=self.dtype)(x)
+        h = nn.Dense(self.dim * self.ffn_mult, dtype=self.dtype)(h)
+        h = nn.gelu(h)
+        h = nn.Dense(self.dim, dtype=self.dtype)(h)
+        return x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+
+
+class SequenceEncoder(nn.Module):
+    """Item vectors of a history + positions -> causal transformer states.
+
+    Attributes:
+      dim, num_layers, num_heads, dropout, max_len: the usual.
+    """
+
+    dim: int
+    num_layers: int
+    num_heads: int
+    dropout: float
+    max_len: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, item_table, inputs, deterministic: bool):
+        """Encodes left-padded histories.
+
+        Args:
+          item_table: [num_items, dim] item vectors.
+          inputs: [B, L] item ids, -1 for padding.
+
+        Returns:
+          [B, L, dim] states; position t summarises items up to t.
+        """
+        valid = inputs >= 0
+        x = item_table[jnp.where(valid, inputs, 0)] * valid[..., None]
+        positions = nn.Embed(self.max_len, self.dim, name="position")(
+            jnp.arange(inputs.shape[1]))
+        x = nn.Dropout(self.dropout)(x + positions[None], deterministic=deterministic)
+        x = x.astype(self.dtype)
+        for k in range(self.num_layers):
+            x = CausalBlock(self.dim, self.num_heads, self.dropout, dtype=self.dtype,
+                            name=f"block_{k}")(x, valid, deterministic)
+        return nn.LayerNorm(name="final_norm")(x.astype(jnp.float32))
