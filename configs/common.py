@@ -86,6 +86,7 @@ def teacher_section() -> ConfigDict:
     c.max_len = 50
     c.num_layers = 2
     c.num_heads = 2
+    c.ffn_mult = 2  # feed-forward width / dim (the history transformer's main CPU cost)
     c.dropout = 0.2
     c.use_ids = True
     c.use_text = True
@@ -117,10 +118,33 @@ def distill_section() -> ConfigDict:
     return c
 
 
+def transfer_section() -> ConfigDict:
+    """Student initialisation from the teacher (models named *_transfer)."""
+    c = ConfigDict()
+    c.init = "teacher_pca"  # random | teacher_pca | teacher_linear
+    c.freeze_steps = 0  # hold transferred embeddings fixed for this many steps
+    return c
+
+
+def enhance_section() -> ConfigDict:
+    """Knowledge fusion (models named *_fusion): item = ID emb + W·teacher vector."""
+    c = ConfigDict()
+    c.mode = "add"  # add | gated
+    c.inductive = True  # never-seen items use the teacher path alone
+    c.source = "teacher"  # teacher: the teacher's item vectors | text: frozen BERT text vectors
+    return c
+
+
 def base_config() -> ConfigDict:
     c = ConfigDict()
     c.seed = 0
-    c.models = "pop,mf"  # trained and evaluated in this order
+    # Which models run, in order: `models` if set, else the teacher followed by
+    # every student in `students` with each suffix in `variants`
+    # ("plain" = no suffix; e.g. kd -> mf_kd, kd_transfer_fusion -> mf_kd_transfer_fusion).
+    c.models = ""
+    c.students = "mf,sasrec,deepfm"
+    c.variants = "plain,kd"
+    c.label_fractions = ""  # e.g. "0.1,0.25,0.5": rerun the models on those label shares
     c.progress = "auto"  # auto | bar | off
     c.data = ConfigDict()
     c.data.variant = "100k"  # TFDS builder config: 100k | 1m
@@ -141,6 +165,8 @@ def base_config() -> ConfigDict:
     c.model.deepfm = deepfm_section()
     c.teacher = teacher_section()
     c.distill = distill_section()
+    c.transfer = transfer_section()
+    c.enhance = enhance_section()
     return c
 
 

@@ -14,7 +14,8 @@ from configs import common
 
 def get_config(arg: str | None = None):
     config = common.base_config()
-    config.models = "teacher,mf,mf_kd,sasrec,sasrec_kd,deepfm,deepfm_kd"
+    config.students = "mf,sasrec,deepfm"
+    config.variants = "plain,kd"  # teacher, mf, mf_kd, sasrec, sasrec_kd, deepfm, deepfm_kd
     config.data.split = "loo_time"
     if arg == "tiny":
         common.shrink(config)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -62,13 +61,13 @@ def torch_throughput(model, tokenizer, texts, max_length, batch_size, bucket, re
               **bench.batches_summary(batches)}
     for key, fn in (("fwd", fwd_pass), ("fwd_bwd", fwd_bwd_pass)):
         fn()  # warm-up, like the JAX compile pass
-        times = []
+        times, cpu_times = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             times.append(time.perf_counter() - start)
-        result[f"{key}_seconds"] = times
-        result[f"{key}_items_per_s"] = n / statistics.median(times)
+            cpu_times.append(time.process_time() - start_cpu)
+        bench.summarize_times(result, key, n, times, cpu_times)
     return result
 
 
@@ -76,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="PyTorch BERT encoder throughput")
     parser.add_argument("--bert_path", type=Path, default=None)
     parser.add_argument("--max_length", type=int, default=32)
-    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--bucket", default="both", choices=["both", "yes", "no"])
@@ -91,6 +90,7 @@ def main() -> None:
     path = args.bert_path or _default_bert_path()
     tokenizer = BertTokenizerFast.from_pretrained(str(path), local_files_only=True)
     texts = bench.item_texts()
+    load_before = bench.load_average()
     rows = []
     for attn in args.attn.split(","):
         # train() mode would add dropout work the JAX side does not do.
@@ -105,7 +105,8 @@ def main() -> None:
         rows,
         f"PyTorch {torch.__version__} (transformers {transformers.__version__}), "
         f"{args.threads} threads, {rows[0]['items']} items, batch {args.batch_size}, "
-        f"median of {args.repeats}",
+        f"max_length {args.max_length}, median of {args.repeats}; "
+        f"load avg {load_before} -> {bench.load_average()}",
     ))
 
 

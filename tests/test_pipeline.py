@@ -149,3 +149,22 @@ def test_popularity_sampling_favours_popular_items(ml100k_ratio):
     assert np.corrcoef(ranks(freq), ranks(pop))[0, 1] > 0.8
     with pytest.raises(ValueError, match="negative sampling"):
         NegativeSampler(data, "hard")
+
+
+def test_bitmap_and_binary_search_membership_agree(ml100k_ratio, source):
+    """The bitmap lookup is a speed-up only: same answers, hence the same batches."""
+    data = ml100k_ratio
+    fast, slow = NegativeSampler(data), NegativeSampler(data, max_bitmap_bytes=0)
+    assert fast.bitmap is not None and slow.bitmap is None
+    rng = np.random.default_rng(0)
+    users = np.concatenate([data.dataset.user[data.split.train],
+                            rng.integers(0, data.num_users, 50_000)])
+    items = np.concatenate([data.dataset.item[data.split.train],
+                            rng.integers(0, data.num_items, 50_000)])
+    np.testing.assert_array_equal(fast.is_positive(users, items), slow.is_positive(users, items))
+    assert fast.is_positive(users[:1000], items[:1000]).all()  # training pairs
+    slow_source = PairSource(data, slow, num_negatives=NUM_NEG)
+    for step in (0, 5):
+        a = _pipe(source).host_batch(step)
+        b = _pipe(slow_source).host_batch(step)
+        _assert_same([a], [b])

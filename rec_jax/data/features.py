@@ -22,23 +22,29 @@ def field_vocab(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return np.array([index[v] for v in values], np.int32), vocab
 
 
-def side_features(dataset: Dataset) -> dict[str, np.ndarray]:
+def side_features(dataset: Dataset, train_items: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
     """Categorical codes per user and item, plus sizes of each vocabulary.
 
     Returns:
       {"user_age": [U], "user_gender": [U], "user_occupation": [U],
-       "item_year": [U], "item_genres": [I, G] float32} (int32 codes, 0-based).
+       "item_year": [I], "item_genres": [I, G] float32} (int32 codes, 0-based),
+      plus "item_seen": [I] bool (has a training interaction) when the
+      training items are given.
     """
     gender, _ = field_vocab(dataset.user_gender)
     occupation, _ = field_vocab(dataset.user_occupation)
     age = np.digitize(dataset.user_age, AGE_BUCKETS).astype(np.int32)
     # Unknown years (0) get their own bucket 0; known years start at 1.
     year = np.where(dataset.item_year > 0, 1 + np.digitize(dataset.item_year, YEAR_BUCKETS), 0)
-    return {
+    side = {
         "user_age": age, "user_gender": gender, "user_occupation": occupation,
         "item_year": year.astype(np.int32),
         "item_genres": dataset.item_genres.astype(np.float32),
     }
+    if train_items is not None:
+        side["item_seen"] = np.bincount(train_items, minlength=dataset.num_items) > 0
+    return side
 
 
 def vocab_sizes(side: dict[str, np.ndarray]) -> dict[str, int]:

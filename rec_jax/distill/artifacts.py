@@ -56,9 +56,11 @@ def compute(module, params, side, data: SplitData, make_query, topk: int,
         return out, items, scores
 
     @jax.jit
-    def ctr(params, query, items, side):
-        return jax.nn.sigmoid(module.apply({"params": params}, query, items, side,
-                                           method=Teacher.ctr_for_pairs))
+    def ctr(params, user_vec, item_vec):
+        # The CTR head on stored tower outputs: one user-tower pass per user,
+        # not one per training pair.
+        return jax.nn.sigmoid(module.apply({"params": params}, user_vec, item_vec,
+                                           method=Teacher.ctr_logit))
 
     users_all = np.arange(data.num_users, dtype=np.int32)
     user_vec, top_items, top_scores = [], [], []
@@ -72,19 +74,21 @@ def compute(module, params, side, data: SplitData, make_query, topk: int,
         user_vec.append(np.asarray(out["user_vec"])[:n])
         top_items.append(np.asarray(items)[:n])
         top_scores.append(np.asarray(scores)[:n])
+    user_vec = np.concatenate(user_vec).astype(np.float32)
+    item_vec = np.asarray(out["item_vec"], np.float32)
     rows = data.split.train
-    pair_users = data.dataset.user[rows].astype(np.int32)
-    pair_items = data.dataset.item[rows].astype(np.int32)
+    pair_users = data.dataset.user[rows]
+    pair_items = data.dataset.item[rows]
     probs = []
-    b = 4096
+    b = 8192
     for lo in range(0, len(rows), b):
         u, i = pair_users[lo:lo + b], pair_items[lo:lo + b]
         n = len(u)
         u, i = np.pad(u, (0, b - n)), np.pad(i, (0, b - n))
-        probs.append(np.asarray(ctr(params, make_query(u, "train"), i, side))[:n])
+        probs.append(np.asarray(ctr(params, user_vec[u], item_vec[i]))[:n])
     return {
-        "user_vec": np.concatenate(user_vec).astype(np.float32),
-        "item_vec": np.asarray(out["item_vec"], np.float32),
+        "user_vec": user_vec,
+        "item_vec": item_vec,
         "item_bias": np.asarray(out["item_bias"], np.float32),
         "topk_items": np.concatenate(top_items).astype(np.int32),
         "topk_scores": np.concatenate(top_scores).astype(np.float32),

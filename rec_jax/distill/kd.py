@@ -140,8 +140,9 @@ def teacher_view(bundle: TeacherBundle, batch, side, frozen, topk: int) -> Teach
         query = {"user": users, "inputs": batch["teacher_inputs"]}
         out = bundle.module.apply({"params": frozen}, query, side,
                                   method=Teacher.outputs_for_users)
-        logits = jnp.where(side["train_mask"][users], -jnp.inf, out["logits"])
-        scores, items = jax.lax.top_k(logits, topk)
+        logits = jnp.where(side["train_mask"][users], -jnp.inf,
+                           jax.lax.stop_gradient(out["logits"]))
+        scores, items = objectives.top_k_by_passes(logits, topk)
         ctr = None
         if "row" in batch:
             ctr = jax.nn.sigmoid(bundle.module.apply({"params": frozen}, query, batch["item"],
@@ -192,9 +193,12 @@ def kd_objective(parts: Parts, heads: KDHeads, bundle: TeacherBundle, dcfg):
             valid = items >= 0
             student_at = view.logits_at(jnp.where(valid, items, 0))
             if view.full_logits is not None:
-                masked = jnp.where(side["train_mask"][batch["user"]], -jnp.inf, view.full_logits)
-                kth = jax.lax.top_k(masked, topk)[0][:, -1:]
-                in_student = student_at >= kth
+                # The student's own top K (training items excluded) only picks
+                # weights, so it is computed without gradient.
+                full = jax.lax.stop_gradient(view.full_logits)
+                masked = jnp.where(side["train_mask"][batch["user"]], -jnp.inf, full)
+                in_student = (jax.lax.stop_gradient(student_at)
+                              >= objectives.kth_largest(masked, topk))
                 log_z = jax.nn.logsumexp(view.full_logits, axis=-1)
             else:
                 # Without the catalogue, "the student's top K" is taken among

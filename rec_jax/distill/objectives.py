@@ -87,6 +87,40 @@ def soft_kl_loss(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray,
     return temperature ** 2 * kl.mean()
 
 
+def top_k_by_passes(x: jnp.ndarray, k: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(values, indices) [..., k] of the k largest entries along the last axis.
+
+    k passes of argmax-and-remove. Inside a differentiated train step on a
+    CPU, XLA's top_k on [512, 1682] took 0.3 s while this takes ~7 ms; the
+    results here are only ever used without gradient.
+    """
+    def body(j, carry):
+        values, out_v, out_i = carry
+        idx = jnp.argmax(values, axis=-1)
+        top = jnp.take_along_axis(values, idx[..., None], axis=-1)[..., 0]
+        values = jnp.where(jax.nn.one_hot(idx, values.shape[-1], dtype=jnp.bool_), -jnp.inf,
+                           values)
+        return values, out_v.at[..., j].set(top), out_i.at[..., j].set(idx.astype(jnp.int32))
+    shape = x.shape[:-1] + (k,)
+    init = (x, jnp.zeros(shape, x.dtype), jnp.zeros(shape, jnp.int32))
+    _, values, indices = jax.lax.fori_loop(0, k, body, init)
+    return values, indices
+
+
+def kth_largest(x: jnp.ndarray, k: int) -> jnp.ndarray:
+    """[..., 1] the k-th largest value along the last axis (tied values count once).
+
+    k passes of max-and-remove; cheaper still than top_k_by_passes (no argmax)
+    when only the threshold is needed.
+    """
+    def body(_, carry):
+        values, _ = carry
+        top = values.max(-1, keepdims=True)
+        return jnp.where(values >= top, -jnp.inf, values), top
+    init = (x, jnp.zeros(x.shape[:-1] + (1,), x.dtype))
+    return jax.lax.fori_loop(0, k, body, init)[1]
+
+
 RANK_WEIGHTINGS = ("position", "confidence", "consistency", "hybrid")
 
 

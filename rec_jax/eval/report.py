@@ -57,9 +57,9 @@ def markdown_table(results: dict, title: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(workdir: str, results: dict, header: str) -> str:
+def write_report(workdir: str, results: dict, header: str, extra: str = "") -> str:
     """Writes workdir/report.md and returns its text."""
-    text = header.rstrip() + "\n\n" + markdown_table(results)
+    text = header.rstrip() + "\n\n" + markdown_table(results) + extra
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write(text)
     return text
@@ -71,3 +71,42 @@ def read_results(workdir: str) -> dict:
         return {}
     with open(path) as f:
         return json.load(f)
+
+
+def fraction_table(by_fraction: dict, names: list[str], metric: str = "ndcg@10") -> str:
+    """Markdown: test `metric` of each model (rows) at each label fraction (columns)."""
+    fractions = sorted(by_fraction)
+    lines = [f"### Test {metric} by share of training labels", "",
+             "| model | " + " | ".join(f"{f:g}" for f in fractions) + " |",
+             "|---|" + "---|" * len(fractions)]
+    for name in names:
+        cells = [_fmt(by_fraction[f].get(name, {}).get("test", {}).get(metric), metric)
+                 for f in fractions]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_vs_fraction(by_fraction: dict, names: list[str], path: str,
+                     metric: str = "ndcg@10") -> None:
+    """PNG of test `metric` against the label fraction, one line per model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fractions = sorted(by_fraction)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in names:
+        ys = [by_fraction[f].get(name, {}).get("test", {}).get(metric) for f in fractions]
+        points = [(f, y) for f, y in zip(fractions, ys) if y is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xticks(fractions)
+    ax.set_xticklabels([f"{f:g}" for f in fractions])
+    ax.set_xlabel("share of each user's training interactions")
+    ax.set_ylabel(f"test {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

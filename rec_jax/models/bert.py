@@ -339,6 +339,9 @@ class BertLayer(nn.Module):
 class BertModel(nn.Module):
     """BERT encoder (no pooler, no heads).
 
+    Dropout (``deterministic=False``) draws from the ``"dropout"`` RNG stream,
+    e.g. ``model.apply(params, ..., rngs={"dropout": key})``.
+
     Attributes:
         settings: Architecture settings.
         dtype: Compute dtype (e.g. ``jnp.bfloat16``). Params stay float32;

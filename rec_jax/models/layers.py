@@ -56,6 +56,7 @@ class SequenceEncoder(nn.Module):
     dropout: float
     max_len: int
     dtype: jnp.dtype = jnp.float32
+    ffn_mult: int = 4
 
     @nn.compact
     def __call__(self, item_table, inputs, deterministic: bool):
@@ -75,6 +76,6 @@ class SequenceEncoder(nn.Module):
         x = nn.Dropout(self.dropout)(x + positions[None], deterministic=deterministic)
         x = x.astype(self.dtype)
         for k in range(self.num_layers):
-            x = CausalBlock(self.dim, self.num_heads, self.dropout, dtype=self.dtype,
-                            name=f"block_{k}")(x, valid, deterministic)
+            x = CausalBlock(self.dim, self.num_heads, self.dropout, self.ffn_mult,
+                            dtype=self.dtype, name=f"block_{k}")(x, valid, deterministic)
         return nn.LayerNorm(name="final_norm")(x.astype(jnp.float32))

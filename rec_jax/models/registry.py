@@ -74,6 +74,26 @@ class Parts:
     label_fn: Callable | None = None
 
 
+def name_flags(name: str) -> set[str]:
+    """Variant flags in a model name: `mf_kd_transfer_fusion` -> {kd, transfer, fusion}."""
+    flags = set(name.split("_")[1:])
+    unknown = flags - {"kd", "transfer", "fusion", "textonly"}
+    if unknown:
+        raise ValueError(f"model {name!r}: unknown variant(s) {sorted(unknown)}; names are "
+                         "<model>[_kd][_transfer][_fusion] (teacher[_textonly])")
+    return flags
+
+
+def fusion_args(name: str, config) -> dict:
+    """Module kwargs that switch on knowledge fusion for `_fusion` models."""
+    if "fusion" not in name_flags(name):
+        return {}
+    mode = config.enhance.mode
+    if mode == "none":
+        raise ValueError(f"model {name!r} asks for fusion but config.enhance.mode is 'none'")
+    return {"fusion": mode, "inductive": bool(config.enhance.inductive)}
+
+
 def negative_sampler(data: SplitData, train_cfg) -> NegativeSampler:
     return NegativeSampler(data, train_cfg.negatives, train_cfg.popularity_power)
 
@@ -106,8 +126,13 @@ def _apply(module, params, batch, side, rng):
                         rngs={"dropout": rng})
 
 
-def _gather_at(full_logits):
-    return lambda items: jnp.take_along_axis(full_logits, items, axis=1)
+def _dot_at(user, table, bias=None):
+    """items [B, C] -> [B, C] logits u·v (+ b), computed directly: cheaper to
+    differentiate than a gather from the [B, I] logit matrix."""
+    def logits_at(items):
+        out = jnp.einsum("bd,bcd->bc", user, table[items])
+        return out if bias is None else out + bias[items]
+    return logits_at
 
 
 # ---------------------------------------------------------------------------
@@ -115,9 +140,9 @@ def _gather_at(full_logits):
 # ---------------------------------------------------------------------------
 
 
-def mf_parts(name: str, cfg, data: SplitData, side: dict) -> Parts:
+def mf_parts(name: str, cfg, data: SplitData, side: dict, **fusion) -> Parts:
     """BPR matrix factorisation."""
-    module = students.MF(data.num_users, data.num_items, cfg.embed_dim)
+    module = students.MF(data.num_users, data.num_items, cfg.embed_dim, **fusion)
     source = PairSource(data, negative_sampler(data, cfg.train), cfg.train.num_negatives)
 
     def hard_fn(params, batch, side, rng):
@@ -130,11 +155,11 @@ def mf_parts(name: str, cfg, data: SplitData, side: dict) -> Parts:
         return loss, out, _count(batch["user"])
 
     def view_fn(params, batch, side, rng):
-        del side, rng
+        del rng
         user = params["user_embed"]["embedding"][batch["user"]]
-        items = params["item_embed"]["embedding"]
-        full = user @ items.T + params["item_bias"]
-        return StudentView(user, items, None, full, _gather_at(full))
+        items = module.apply({"params": params}, side, method=students.MF.item_vectors)
+        bias = module.apply({"params": params}, side, method=students.MF.bias)
+        return StudentView(user, items, None, user @ items.T + bias, _dot_at(user, items, bias))
 
     def score_fn(params, query, side):
         return module.apply({"params": params}, query, side, method=students.MF.score_all)
@@ -148,10 +173,10 @@ def mf_parts(name: str, cfg, data: SplitData, side: dict) -> Parts:
 # ---------------------------------------------------------------------------
 
 
-def sasrec_parts(name: str, cfg, data: SplitData, side: dict) -> Parts:
+def sasrec_parts(name: str, cfg, data: SplitData, side: dict, **fusion) -> Parts:
     """SASRec with full-softmax cross-entropy over all items."""
     module = students.SASRec(data.num_items, cfg.embed_dim, cfg.max_len, cfg.num_layers,
-                             cfg.num_heads, cfg.dropout)
+                             cfg.num_heads, cfg.dropout, **fusion)
     source = SequenceSource(data, cfg.max_len)
 
     def hard_fn(params, batch, side, rng):
@@ -166,9 +191,9 @@ def sasrec_parts(name: str, cfg, data: SplitData, side: dict) -> Parts:
         # not the shifted training inputs.
         user = module.apply({"params": params}, {"inputs": batch["kd_inputs"]}, side, False,
                             method=students.SASRec.user_vectors, rngs={"dropout": rng})
-        items = params["item_embed"]["embedding"]
-        full = user @ items.T
-        return StudentView(user, items, None, full, _gather_at(full), rank_form="softmax")
+        items = module.apply({"params": params}, side, method=students.SASRec.item_vectors)
+        return StudentView(user, items, None, user @ items.T, _dot_at(user, items),
+                           rank_form="softmax")
 
     def score_fn(params, query, side):
         return module.apply({"params": params}, query, side, method=students.SASRec.score_all)
@@ -182,11 +207,11 @@ def sasrec_parts(name: str, cfg, data: SplitData, side: dict) -> Parts:
 # ---------------------------------------------------------------------------
 
 
-def deepfm_parts(name: str, cfg, data: SplitData, side: dict) -> Parts:
+def deepfm_parts(name: str, cfg, data: SplitData, side: dict, **fusion) -> Parts:
     """DeepFM trained as a CTR model (label rating >= 4) with sampled unobserved negatives."""
     vocab = tuple(sorted(features_lib.vocab_sizes(side).items()))
     module = students.DeepFM(data.num_users, data.num_items, vocab, len(raw.GENRES),
-                             cfg.embed_dim, tuple(cfg.hidden), cfg.dropout)
+                             cfg.embed_dim, tuple(cfg.hidden), cfg.dropout, **fusion)
     source = CTRSource(data, negative_sampler(data, cfg.train), cfg.ctr_threshold,
                        cfg.train.num_negatives)
 
@@ -205,9 +230,10 @@ def deepfm_parts(name: str, cfg, data: SplitData, side: dict) -> Parts:
                            method=students.DeepFM.pair_logits, rngs={"dropout": rng})
         # Scoring the whole catalogue per training example is too costly for an
         # MLP model; distillation uses a candidate list instead (full_logits None).
-        return StudentView(params["user_embed"]["embedding"][batch["user"]],
-                           params["item_embed"]["embedding"][batch["item"]], batch["item"],
-                           None, logits_at, ctr_logit=ctr)
+        items = module.apply({"params": params}, batch["item"], side,
+                             method=students.DeepFM.item_id_vectors)
+        return StudentView(params["user_embed"]["embedding"][batch["user"]], items,
+                           batch["item"], None, logits_at, ctr_logit=ctr)
 
     def score_fn(params, query, side):
         return module.apply({"params": params}, query, side, method=students.DeepFM.score_all)
@@ -282,7 +308,7 @@ def teacher_module(cfg, data: SplitData, name: str = "teacher",
         cfg.num_heads, cfg.dropout, use_ids=cfg.use_ids and not name.endswith("_textonly"),
         use_text=cfg.use_text, temperature=cfg.temperature, bert_settings=settings,
         text_first_layer=teacher_lib.parse_freeze(cfg.freeze, settings.num_layers),
-        dtype=jnp.dtype(cfg.dtype))
+        dtype=jnp.dtype(cfg.dtype), ffn_mult=cfg.ffn_mult)
 
 
 PARTS = {"mf": mf_parts, "sasrec": sasrec_parts, "deepfm": deepfm_parts,
@@ -299,7 +325,10 @@ def parts(name: str, config, data: SplitData, side: dict) -> Parts:
     base = name.split("_")[0]
     if base not in PARTS:
         raise ValueError(f"unknown model {name!r}; known: {sorted(PARTS)} and 'pop'")
-    return PARTS[base](name, model_config(config, name), data, side)
+    name_flags(name)
+    if base == "teacher":
+        return teacher_parts(name, config.teacher, data, side)
+    return PARTS[base](name, model_config(config, name), data, side, **fusion_args(name, config))
 
 
 def plain_spec(p: Parts) -> ModelSpec:

@@ -11,6 +11,10 @@ Every model is a Linen module with the same two entry points:
 ``side`` is a pytree of per-user / per-item feature tables (genres, year,
 age, occupation, and teacher vectors when present) that enters every jitted
 function as an argument rather than as a baked-in constant.
+
+Each student takes ``fusion`` ("none" | "add" | "gated") and ``inductive``:
+with fusion on, its item ID embeddings are fused with projected teacher item
+vectors (rec_jax.distill.fusion), which lets it score never-seen items.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from rec_jax.distill.fusion import ItemFusion
 from rec_jax.models.layers import SequenceEncoder
 
 # Xavier-normal embeddings (what RecBole uses): small, fan-scaled weights;
@@ -50,23 +55,35 @@ class MF(nn.Module):
     num_users: int
     num_items: int
     embed_dim: int = 64
+    fusion: str = "none"
+    inductive: bool = True
 
     def setup(self):
         self.user_embed = nn.Embed(self.num_users, self.embed_dim, embedding_init=_embed_init)
         self.item_embed = nn.Embed(self.num_items, self.embed_dim, embedding_init=_embed_init)
         self.item_bias = self.param("item_bias", nn.initializers.zeros, (self.num_items,))
+        if self.fusion != "none":
+            self.fuse = ItemFusion(self.embed_dim, self.fusion, self.inductive)
 
     def user_vectors(self, query, side, deterministic=True):
         del side, deterministic
         return self.user_embed(query["user"])
 
     def item_vectors(self, side):
-        del side
-        return self.item_embed.embedding
+        """[num_items, d]: ID embeddings, fused with teacher vectors when enabled."""
+        if self.fusion == "none":
+            return self.item_embed.embedding
+        return self.fuse(self.item_embed.embedding, None, side)
+
+    def bias(self, side):
+        """[num_items]; zero for never-seen items in inductive fusion (never trained up)."""
+        if self.fusion != "none" and self.inductive:
+            return jnp.where(side["item_seen"], self.item_bias, 0.0)
+        return self.item_bias
 
     def score_all(self, query, side, deterministic=True):
         u = self.user_vectors(query, side, deterministic)
-        return u @ self.item_vectors(side).T + self.item_bias
+        return u @ self.item_vectors(side).T + self.bias(side)
 
     def __call__(self, batch, side, deterministic=True):
         """Scores the batch's positive and negative items.
@@ -79,10 +96,11 @@ class MF(nn.Module):
         """
         u = self.user_vectors(batch, side, deterministic)
         items = self.item_vectors(side)
+        bias = self.bias(side)
         pos, neg = items[batch["item"]], items[batch["negatives"]]
         return {
-            "score": (u * pos).sum(-1) + self.item_bias[batch["item"]],
-            "neg_score": jnp.einsum("bd,bnd->bn", u, neg) + self.item_bias[batch["negatives"]],
+            "score": (u * pos).sum(-1) + bias[batch["item"]],
+            "neg_score": jnp.einsum("bd,bnd->bn", u, neg) + bias[batch["negatives"]],
             "user_emb": u,
             "item_emb": pos,
         }
@@ -106,16 +124,22 @@ class SASRec(nn.Module):
     num_heads: int = 2
     dropout: float = 0.2
     dtype: Any = jnp.float32
+    fusion: str = "none"
+    inductive: bool = True
 
     def setup(self):
         self.item_embed = nn.Embed(self.num_items, self.embed_dim,
                                    embedding_init=nn.initializers.normal(0.02))
         self.encoder = SequenceEncoder(self.embed_dim, self.num_layers, self.num_heads,
                                        self.dropout, self.max_len, self.dtype)
+        if self.fusion != "none":
+            self.fuse = ItemFusion(self.embed_dim, self.fusion, self.inductive)
 
     def item_vectors(self, side):
-        del side
-        return self.item_embed.embedding
+        """[num_items, d] shared input/output item table (fused when enabled)."""
+        if self.fusion == "none":
+            return self.item_embed.embedding
+        return self.fuse(self.item_embed.embedding, None, side)
 
     def user_vectors(self, query, side, deterministic=True):
         return self.encoder(self.item_vectors(side), query["inputs"], deterministic)[:, -1]
@@ -161,6 +185,8 @@ class DeepFM(nn.Module):
     embed_dim: int = 16
     hidden: tuple = (64, 32)
     dropout: float = 0.1
+    fusion: str = "none"
+    inductive: bool = True
 
     USER_FIELDS = ("user_age", "user_gender", "user_occupation")
     ITEM_FIELDS = ("item_year",)
@@ -186,6 +212,14 @@ class DeepFM(nn.Module):
         self.mlp = [nn.Dense(h) for h in self.hidden[1:]]
         self.mlp_out = nn.Dense(1)
         self.drop = nn.Dropout(self.dropout)
+        if self.fusion != "none":
+            self.fuse = ItemFusion(d, self.fusion, self.inductive)
+
+    def item_id_vectors(self, items, side):
+        """[..., d] the item field: ID embedding, fused with teacher vectors when enabled."""
+        if self.fusion == "none":
+            return self.item_embed(items)
+        return self.fuse(self.item_embed(items), items, side)
 
     def _user_fields(self, users, side):
         """[B, F_u, d] field embeddings and [B] first-order sum of a user."""
@@ -199,9 +233,12 @@ class DeepFM(nn.Module):
         genres = side["item_genres"][items]
         genre_vec = genres @ self.genre_embed.embedding / jnp.maximum(
             genres.sum(-1, keepdims=True), 1.0)
-        vecs = [self.item_embed(items), genre_vec] + [self.embed[f](side[f][items])
-                                                      for f in self.ITEM_FIELDS]
-        first = (self.item_linear(items)[..., 0] + self.genre_linear(genres)[..., 0]
+        vecs = [self.item_id_vectors(items, side), genre_vec] + [
+            self.embed[f](side[f][items]) for f in self.ITEM_FIELDS]
+        item_first = self.item_linear(items)[..., 0]
+        if self.fusion != "none" and self.inductive:
+            item_first = jnp.where(side["item_seen"][items], item_first, 0.0)
+        first = (item_first + self.genre_linear(genres)[..., 0]
                  + sum(self.linear[f](side[f][items])[..., 0] for f in self.ITEM_FIELDS))
         return jnp.stack(vecs, axis=-2), first
 

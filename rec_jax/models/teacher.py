@@ -81,7 +81,7 @@ class Teacher(nn.Module):
       num_users, num_items, num_genres: sizes.
       dim: model width.
       max_len: history window.
-      num_layers, num_heads, dropout: the history transformer.
+      num_layers, num_heads, dropout, ffn_mult: the history transformer.
       use_ids: add ID embeddings to the text vectors.
       use_text: use item / user text at all (False: an ID-only teacher).
       temperature: ranking logits are divided by it.
@@ -104,6 +104,7 @@ class Teacher(nn.Module):
     bert_settings: bert_lib.BertSettings | None = None
     text_first_layer: int | None = None
     dtype: Any = jnp.float32
+    ffn_mult: int = 2
 
     def setup(self):
         if not (self.use_ids or self.use_text):
@@ -119,7 +120,7 @@ class Teacher(nn.Module):
             self.user_id = nn.Embed(self.num_users, self.dim, embedding_init=init)
             self.item_bias = self.param("item_bias", nn.initializers.zeros, (self.num_items,))
         self.history = SequenceEncoder(self.dim, self.num_layers, self.num_heads, self.dropout,
-                                       self.max_len, self.dtype)
+                                       self.max_len, self.dtype, self.ffn_mult)
         self.ctr_hidden = nn.Dense(self.dim)
         self.ctr_out = nn.Dense(1)
         self.genre_head = nn.Dense(self.num_genres)
@@ -142,7 +143,12 @@ class Teacher(nn.Module):
         if self.use_text:
             v = self.item_text_proj(self._text_vectors(side, "item", deterministic))
         if self.use_ids:
-            v = v + self.item_id.embedding
+            ids = self.item_id.embedding
+            if self.use_text:
+                # Items without training interactions are text-only: their ID
+                # embedding was never trained on a positive (inductive cold start).
+                ids = jnp.where(side["item_seen"][:, None], ids, 0.0)
+            v = v + ids
         return v
 
     def user_static(self, users, side, deterministic: bool = True):
@@ -159,8 +165,10 @@ class Teacher(nn.Module):
         states = self.history(items, query["inputs"], deterministic)
         return states + self.user_static(query["user"], side, deterministic)[:, None]
 
-    def bias(self):
-        return self.item_bias if self.use_ids else jnp.zeros((self.num_items,))
+    def bias(self, side):
+        if not self.use_ids:
+            return jnp.zeros((self.num_items,))
+        return jnp.where(side["item_seen"], self.item_bias, 0.0) if self.use_text else self.item_bias
 
     # -- heads ----------------------------------------------------------------
 
@@ -192,7 +200,7 @@ class Teacher(nn.Module):
         """
         items = self.item_vectors(side, deterministic)
         states = self.user_states(batch, items, side, deterministic)
-        bias = self.bias()
+        bias = self.bias(side)
         targets = jnp.where(batch["targets"] >= 0, batch["targets"], 0)
         if sampled is None:
             logits = self.rank_logits(states, items, bias)
@@ -219,7 +227,7 @@ class Teacher(nn.Module):
         """[B, num_items] ranking logits for the queried users."""
         items = self.item_vectors(side, deterministic)
         u = self.user_states(query, items, side, deterministic)[:, -1]
-        return self.rank_logits(u, items, self.bias()).astype(jnp.float32)
+        return self.rank_logits(u, items, self.bias(side)).astype(jnp.float32)
 
     def outputs_for_users(self, query, side, deterministic: bool = True):
         """Everything distillation reads from the teacher for a set of users.
@@ -230,7 +238,7 @@ class Teacher(nn.Module):
         """
         items = self.item_vectors(side, deterministic)
         u = self.user_states(query, items, side, deterministic)[:, -1]
-        bias = self.bias()
+        bias = self.bias(side)
         return {"user_vec": u, "item_vec": items, "item_bias": bias,
                 "logits": self.rank_logits(u, items, bias).astype(jnp.float32),
                 "genre_prob": jax.nn.sigmoid(self.genre_logits(items)).astype(jnp.float32)}

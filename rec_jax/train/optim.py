@@ -63,7 +63,8 @@ def _one_group(cfg, total_steps, scale):
 
 
 def make_optimizer(cfg, total_steps: int, params: Any = None,
-                   label_fn: Callable[[tuple[str, ...]], str] | None = None
+                   label_fn: Callable[[tuple[str, ...]], str] | None = None,
+                   freeze_steps: dict[str, int] | None = None
                    ) -> optax.GradientTransformation:
     """Builds the optimizer.
 
@@ -72,6 +73,8 @@ def make_optimizer(cfg, total_steps: int, params: Any = None,
       total_steps: steps of the whole run (for decay schedules).
       params: the param tree (needed only with label_fn).
       label_fn: maps a param path (tuple of names) to a group label.
+      freeze_steps: group label -> number of initial steps with zero updates
+        (e.g. transferred embeddings held fixed during a warm-up).
 
     Returns:
       An optax transformation.
@@ -81,10 +84,18 @@ def make_optimizer(cfg, total_steps: int, params: Any = None,
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
     labels = flax.traverse_util.unflatten_dict({k: label_fn(k) for k in flat})
     group_lr = dict(cfg.get("group_lr", {}) or {})
+    freeze_steps = freeze_steps or {}
     transforms = {}
     for label in set(flax.traverse_util.flatten_dict(labels).values()):
         if label == "frozen":
             transforms[label] = optax.set_to_zero()
-        else:
-            transforms[label] = _one_group(cfg, total_steps, float(group_lr.get(label, 1.0)))
+            continue
+        group = _one_group(cfg, total_steps, float(group_lr.get(label, 1.0)))
+        hold = int(freeze_steps.get(label, 0))
+        if hold:
+            # Zero updates until `hold` steps have passed, then the group's
+            # normal updates (its optimizer state keeps accumulating meanwhile).
+            group = optax.chain(group, optax.scale_by_schedule(
+                lambda step, hold=hold: (step >= hold).astype("float32")))
+        transforms[label] = group
     return optax.multi_transform(transforms, labels)

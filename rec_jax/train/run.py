@@ -27,6 +27,7 @@ from rec_jax.data import features, interactions, splits
 from rec_jax.data import text as text_lib
 from rec_jax.distill import artifacts as artifacts_lib
 from rec_jax.distill import kd as kd_lib
+from rec_jax.distill import transfer as transfer_lib
 from rec_jax.eval import agreement as agreement_lib
 from rec_jax.eval import report
 from rec_jax.eval.evaluator import Evaluator, ctr_metrics
@@ -88,13 +89,17 @@ def prepare_data(config, workdir: str) -> interactions.SplitData:
 
 def needs_text(name: str, config) -> bool:
     """Whether a model reads the teacher's text tables."""
-    return name.startswith("teacher") or (
-        name.endswith("_kd") and config.distill.teacher_mode == "online")
+    if name == "pop":
+        return False
+    flags = registry.name_flags(name)
+    return (name.startswith("teacher")
+            or ("kd" in flags and config.distill.teacher_mode == "online")
+            or ("fusion" in flags and config.enhance.source == "text"))
 
 
 def build_side(config, data, names) -> dict:
     """Feature tables for every model of the run (text only if someone reads it)."""
-    side = features.side_features(data.dataset)
+    side = features.side_features(data.dataset, data.dataset.item[data.split.train])
     if any(needs_text(n, config) for n in names):
         from rec_jax.models import bert as bert_lib
         from rec_jax.models.teacher import parse_freeze
@@ -208,6 +213,11 @@ def _finish_teacher(name, spec, cfg, params, side, data, config, folder, result)
     info["artifact_seconds"] = time.time() - t
 
 
+def teacher_arrays(config, workdir: str) -> dict:
+    """The teacher's artifacts (for transfer and fusion, whatever the KD mode)."""
+    return artifacts_lib.load(os.path.join(workdir, "teacher", "artifacts.npz"), config)
+
+
 def teacher_bundle(config, data, workdir: str) -> kd_lib.TeacherBundle:
     """The teacher as students reach it: artifacts (cached) or params (online)."""
     folder = os.path.join(workdir, "teacher")
@@ -254,18 +264,28 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
         _write_json(results_path, result)
         return result
 
+    flags = registry.name_flags(name)
+    family = name.split("_")[0]
+    if flags & {"transfer", "fusion"}:
+        teacher = teacher_arrays(config, workdir)
+    if "fusion" in flags:
+        side = dict(side, fusion_text=(teacher["item_vec"] if config.enhance.source == "teacher"
+                                       else side["item_text"]))
     parts = registry.parts(name, config, data, side)
     cfg = registry.model_config(config, name)
-    if name.endswith("_kd"):
+    if "kd" in flags:
         spec, side = kd_lib.build(parts, bundle_fn(), config, data, side)
     else:
         spec = registry.plain_spec(parts)
+    if "transfer" in flags:
+        spec = transfer_lib.with_transfer(spec, family, config.transfer, teacher["item_vec"],
+                                          teacher["user_vec"], config.seed)
     valid_eval = Evaluator(data, "valid", config.eval.ks, config.eval.batch_users)
     fitted = trainer.fit(spec, cfg, side, folder, valid_eval, config.seed, config.progress)
     train_seconds = time.time() - t0
     result = evaluate_model(name, spec.score_fn, spec.make_query, fitted.params, side, data,
                             config, folder, spec.ctr_logit_fn)
-    serving_params = fitted.params["student"] if name.endswith("_kd") else fitted.params
+    serving_params = fitted.params["student"] if "kd" in flags else fitted.params
     result["info"] = {
         "num_params": registry.num_params(serving_params),
         "score_ms_per_user": serving_ms(spec.score_fn, fitted.params,
@@ -293,6 +313,17 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
 # ---------------------------------------------------------------------------
 
 
+def model_names(config) -> list[str]:
+    """The run's models: config.models, else teacher + students x variants."""
+    if config.models.strip():
+        return [m.strip() for m in config.models.split(",") if m.strip()]
+    names = ["teacher"]
+    for student in (s.strip() for s in config.students.split(",") if s.strip()):
+        for variant in (v.strip() for v in config.variants.split(",") if v.strip()):
+            names.append(student if variant == "plain" else f"{student}_{variant}")
+    return names
+
+
 def run(config, workdir: str, stage: str = "all") -> dict:
     """Runs the job described by config in workdir; returns all results."""
     if stage not in STAGES:
@@ -302,7 +333,7 @@ def run(config, workdir: str, stage: str = "all") -> dict:
         "config": config.to_dict(), "machine": machine_description(), "commit": _git_commit(),
         "jax": jax.__version__, "stage": stage})
     data = prepare_data(config, workdir)
-    names = [m.strip() for m in config.models.split(",") if m.strip()]
+    names = model_names(config)
     selected = [n for n in names if stage in ("all", "eval")
                 or (stage == "teacher") == n.startswith("teacher")]
     if stage == "eval":
@@ -329,10 +360,36 @@ def run(config, workdir: str, stage: str = "all") -> dict:
               f"test metrics (full ranking over {data.num_items:,} items); "
               f"machine: {machine_description()}.")
     shown = {k: results[k] for k in names if k in results}
-    text = report.markdown_table(shown)
+    fractions = [float(f) for f in config.label_fractions.split(",") if f.strip()]
+    extra = ""
+    if fractions:
+        extra = "\n" + _label_fraction_sweep(config, workdir, stage, names, shown, fractions)
     if jax.process_index() == 0:
-        report.write_report(workdir, shown, header)
+        report.write_report(workdir, shown, header, extra)
         if all(n in results for n in names):
             open(os.path.join(workdir, "COMPLETE"), "w").close()
-    print(header + "\n\n" + text, flush=True)
+    print(header + "\n\n" + report.markdown_table(shown) + extra, flush=True)
     return results
+
+
+def _label_fraction_sweep(config, workdir, stage, names, results, fractions) -> str:
+    """Reruns the models with a fraction of each user's training labels.
+
+    Each fraction is a complete run of its own (teacher included: a teacher
+    fine-tuned on all labels would hand the student the labels it lacks) in
+    <workdir>/fraction_<f>/; the NDCG@10 of every model against the fraction
+    is tabulated and plotted.
+    """
+    import copy
+    by_fraction = {float(config.data.train_fraction): results}
+    for f in fractions:
+        sub = copy.deepcopy(config)
+        with sub.unlocked():
+            sub.data.train_fraction = f
+            sub.label_fractions = ""
+        print(f"--- label fraction {f:g} ---", flush=True)
+        by_fraction[f] = run(sub, os.path.join(workdir, f"fraction_{f:g}"), stage)
+    if jax.process_index() == 0:
+        report.plot_vs_fraction(by_fraction, names, os.path.join(workdir, "plots",
+                                                                 "ndcg_vs_label_fraction.png"))
+    return report.fraction_table(by_fraction, names)

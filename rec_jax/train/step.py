@@ -3,9 +3,21 @@
 ``loss_fn(params, batch, side, frozen, rng) -> (loss, sums)`` is all a model
 brings: ``side`` holds per-user / per-item feature tables, ``frozen`` holds
 parameters that take part in the forward pass but never train (a frozen
-encoder, or the teacher during online distillation). The step is pure,
-jitted and ``jax.pmap``-ed over all devices on axis ``"batch"``: gradients
-and metric sums are averaged / summed across devices (and hosts).
+encoder, or the teacher during online distillation).
+
+One pure update, :func:`apply_update`, runs under two parallel layouts:
+
+* **pmap** (the default, :func:`make_pmapped_step`): ``jax.pmap`` over all
+  devices on axis ``"batch"``; every device holds the whole model and its
+  share of the batch; gradients and metric sums are averaged / summed across
+  devices (and hosts) with ``lax.pmean`` / ``lax.psum``.
+* **mesh** (:mod:`rec_jax.train.mesh`): ``jax.jit`` with ``NamedSharding``s
+  on a ("data", "model") mesh, item tables row-sharded on "model"; the loss
+  sees the global batch, so its reductions are global already and no
+  collective is written out (XLA inserts them).
+
+:func:`make_pmapped_multi_step` runs several steps per call (``lax.scan``
+over a stacked batch) to amortise per-call dispatch when steps are tiny.
 """
 
 from __future__ import annotations
@@ -34,9 +46,44 @@ def init_state(params, tx: optax.GradientTransformation) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+def step_key(base_key: jax.Array, step: jax.Array, shard: jax.Array | int) -> jax.Array:
+    """The key of one step on one batch shard: base key folded with both.
+
+    Folding the step (not splitting a carried key) makes a resumed run draw
+    the same numbers; folding the shard makes pmap's devices draw different
+    ones. Mesh mode has a single, global batch shard: index 0.
+    """
+    return jax.random.fold_in(jax.random.fold_in(base_key, step), shard)
+
+
+def apply_update(state: TrainState, batch: dict, side: Any, frozen: Any, key: jax.Array, *,
+                 loss_fn: LossFn, tx: optax.GradientTransformation,
+                 mean_grads: Callable = lambda g: g, sum_metrics: Callable = lambda s: s):
+    """The pure core of every step: loss, gradient, reduction, optimizer update.
+
+    Args:
+      mean_grads: averages gradients over batch shards (identity when `batch`
+        is the whole global batch, as under jit).
+      sum_metrics: sums metric sums over batch shards (identity likewise).
+
+    Returns:
+      (new_state, sums): sums over the batch (plus `nonfinite`: > 0 when the
+      loss was NaN/inf on some shard).
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, sums), grads = grad_fn(state.params, batch, side, frozen, key)
+    grads = mean_grads(grads)
+    sums = dict(sums)
+    sums["nonfinite"] = (~jnp.isfinite(loss)).astype(jnp.float32)
+    sums = sum_metrics(sums)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(state.step + 1, params, opt_state), sums
+
+
 def train_step(state: TrainState, batch: dict, side: Any, frozen: Any, base_key: jax.Array,
                *, loss_fn: LossFn, tx: optax.GradientTransformation):
-    """One optimisation step on this device's share of the global batch.
+    """One optimisation step on this device's share of the global batch (inside pmap).
 
     Randomness (dropout, sampled candidates) comes from the run's key folded
     with the step and the device index, so a resumed run draws the same
@@ -45,18 +92,28 @@ def train_step(state: TrainState, batch: dict, side: Any, frozen: Any, base_key:
     Returns:
       (new_state, sums): sums are metric sums over the global batch.
     """
-    key = jax.random.fold_in(jax.random.fold_in(base_key, state.step), jax.lax.axis_index(AXIS))
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, sums), grads = grad_fn(state.params, batch, side, frozen, key)
+    key = step_key(base_key, state.step, jax.lax.axis_index(AXIS))
     # Each device holds an equal share, so the mean of device-mean gradients
     # is the gradient of the global-batch mean loss.
-    grads = jax.lax.pmean(grads, AXIS)
-    sums = dict(sums)
-    sums["nonfinite"] = (~jnp.isfinite(loss)).astype(jnp.float32)
-    sums = jax.lax.psum(sums, AXIS)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return TrainState(state.step + 1, params, opt_state), sums
+    return apply_update(state, batch, side, frozen, key, loss_fn=loss_fn, tx=tx,
+                        mean_grads=lambda g: jax.lax.pmean(g, AXIS),
+                        sum_metrics=lambda s: jax.lax.psum(s, AXIS))
+
+
+def global_train_step(state: TrainState, batch: dict, side: Any, frozen: Any,
+                      base_key: jax.Array, *, loss_fn: LossFn,
+                      tx: optax.GradientTransformation):
+    """One step on the whole global batch (under jit; mesh mode).
+
+    The loss's own means and sums run over the global batch, so no collective
+    is needed. The key is folded with shard 0: a model that draws randomness
+    of batch shape (dropout) draws one global mask, the one a one-device pmap
+    run draws, not the per-device masks of a multi-device pmap run (those
+    would need the batch split the same way; results agree in distribution,
+    and exactly when the loss uses no randomness, e.g. BPR-MF).
+    """
+    key = step_key(base_key, state.step, 0)
+    return apply_update(state, batch, side, frozen, key, loss_fn=loss_fn, tx=tx)
 
 
 def make_pmapped_step(loss_fn: LossFn, tx: optax.GradientTransformation):
@@ -68,6 +125,28 @@ def make_pmapped_step(loss_fn: LossFn, tx: optax.GradientTransformation):
     def step(state, batch, side, frozen, key):
         return train_step(state, batch, side, frozen, key, loss_fn=loss_fn, tx=tx)
     return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, 0, 0, None), donate_argnums=(0,))
+
+
+def make_pmapped_multi_step(loss_fn: LossFn, tx: optax.GradientTransformation):
+    """Several steps per call: (state, stacked, side, frozen, key) -> (state, sums).
+
+    `stacked` holds k consecutive steps' batches, shaped
+    ``[local_devices, k, per_device_batch, ...]`` (see
+    ``TrainPipeline.device_batches(..., steps_per_call=k)``); a ``lax.scan``
+    runs :func:`train_step` on each in order, so the result equals k calls of
+    the one-step function (same batches, same per-step keys). Returned sums
+    are added over the k steps. One call per k steps amortises dispatch and
+    host work when a step takes well under a millisecond (MF on a CPU). The
+    number of steps is the batch's leading dimension: each distinct k
+    compiles once.
+    """
+    def steps(state, stacked, side, frozen, key):
+        def body(carry, batch):
+            carry, sums = train_step(carry, batch, side, frozen, key, loss_fn=loss_fn, tx=tx)
+            return carry, sums
+        state, sums = jax.lax.scan(body, state, stacked)
+        return state, jax.tree.map(lambda x: x.sum(0), sums)
+    return jax.pmap(steps, axis_name=AXIS, in_axes=(0, 0, 0, 0, None), donate_argnums=(0,))
 
 
 def replicate(tree: Any) -> Any:

@@ -42,6 +42,7 @@ class ModelSpec:
       label_fn: param path -> optimizer group (None: one group).
       ctr_logit_fn: (params, users, items, side) -> logits, for CTR models.
       module: the Linen module (for parameter counts and serving timings).
+      freeze_steps: optimizer group -> initial steps with zero updates.
     """
 
     name: str
@@ -54,6 +55,7 @@ class ModelSpec:
     label_fn: Callable | None = None
     ctr_logit_fn: Callable | None = None
     module: Any = None
+    freeze_steps: dict | None = None
 
 
 class TrainingInterrupted(SystemExit):
@@ -103,7 +105,7 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
     eval_every = max(1, int(tcfg.eval_every_epochs * steps_per_epoch))
     init_key, step_key = jax.random.split(jax.random.PRNGKey(seed))
     params = spec.init(init_key)
-    tx = optim.make_optimizer(cfg.optim, total_steps, params, spec.label_fn)
+    tx = optim.make_optimizer(cfg.optim, total_steps, params, spec.label_fn, spec.freeze_steps)
     state = init_state(params, tx)
     best_params = params
     meta = {"best_step": -1, "best_metric": -math.inf, "evals_since_best": 0,

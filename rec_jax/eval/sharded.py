@@ -1,0 +1,143 @@
+"""Full-ranking top-K over a row-sharded item table (mesh mode).
+
+With the catalogue split over the mesh's "model" axis, no device can hold a
+user's scores over all items, and none needs to: each shard scores its own
+rows, keeps its local top K, and the M shards' M x K candidates are merged
+into the global top K. Local ids become global by adding the shard's first
+row. Users are split over "data", so a (data, model) mesh scores a
+[users, items] block per device.
+
+Known items (training items, and validation items when testing) are passed
+as padded id lists ``[B, M]`` (-1 = none), not as a dense ``[B, I]`` mask,
+which would be as large as the scores; each shard drops the ids outside its
+row range. The result equals ``jax.lax.top_k`` of the dense, masked
+``user_vecs @ table.T + bias`` (up to the order of exactly tied scores).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rec_jax.data.interactions import CSR
+from rec_jax.train.mesh import DATA, MODEL
+
+
+def known_item_ids(known: CSR, users: np.ndarray, width: int | None = None) -> np.ndarray:
+    """[len(users), width] each user's known items, padded with -1.
+
+    Args:
+      known: e.g. ``SplitData.known_items(part)``.
+      width: columns; default the longest list among `users`.
+    """
+    lengths = known.lengths()[users]
+    width = int(lengths.max(initial=0)) if width is None else width
+    out = np.full((len(users), max(width, 1)), -1, np.int32)
+    for k, u in enumerate(users):
+        row = known.row(int(u))[:width]
+        out[k, :len(row)] = row
+    return out
+
+
+def shard_item_table(table, bias, mesh: Mesh):
+    """Places an item table row-sharded on "model", padding rows to a multiple.
+
+    Padded rows get zero vectors and a -inf bias, so they never enter a top
+    K that real items can fill.
+
+    Args:
+      table: [I, d] item vectors (host or device).
+      bias: [I] item biases, or None (zeros).
+
+    Returns:
+      (table [I', d], bias [I'], I) with I' the padded row count.
+    """
+    num_items = table.shape[0]
+    m = mesh.shape[MODEL]
+    padded = -(-num_items // m) * m
+    table = jnp.asarray(table, jnp.float32)
+    bias = jnp.zeros((num_items,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
+    if padded != num_items:
+        table = jnp.pad(table, ((0, padded - num_items), (0, 0)))
+        bias = jnp.pad(bias, (0, padded - num_items), constant_values=-jnp.inf)
+    return (jax.device_put(table, NamedSharding(mesh, P(MODEL, None))),
+            jax.device_put(bias, NamedSharding(mesh, P(MODEL))), num_items)
+
+
+@functools.lru_cache(maxsize=32)
+def _sharded_top_k_fn(mesh: Mesh, k: int, num_items: int):
+    def local(user_vecs, table, bias, known):
+        # user_vecs: [b, d] this data shard's users; table: [r, d] this model
+        # shard's rows, global ids [offset, offset + r).
+        rows = table.shape[0]
+        offset = jax.lax.axis_index(MODEL) * rows
+        scores = user_vecs.astype(jnp.float32) @ table.T.astype(jnp.float32) + bias
+        global_ids = offset + jnp.arange(rows)
+        scores = jnp.where(global_ids[None] < num_items, scores, -jnp.inf)
+        # Known items of this shard: local column, or `rows` (dropped) when
+        # the id lies on another shard or is padding (-1).
+        col = known - offset
+        col = jnp.where((known >= 0) & (col >= 0) & (col < rows), col, rows)
+        user_row = jnp.broadcast_to(jnp.arange(known.shape[0])[:, None], col.shape)
+        scores = scores.at[user_row, col].set(-jnp.inf, mode="drop")
+        local_k = min(k, rows)
+        top_scores, top_local = jax.lax.top_k(scores, local_k)
+        # Merge: every shard's candidates to every shard of the row, then the
+        # top K of the M * local_k candidates.
+        cand_scores = jax.lax.all_gather(top_scores, MODEL, axis=1, tiled=True)
+        cand_ids = jax.lax.all_gather(top_local + offset, MODEL, axis=1, tiled=True)
+        best_scores, pos = jax.lax.top_k(cand_scores, k)
+        return best_scores, jnp.take_along_axis(cand_ids, pos, axis=1).astype(jnp.int32)
+
+    fn = jax.shard_map(local, mesh=mesh,
+                       in_specs=(P(DATA, None), P(MODEL, None), P(MODEL), P(DATA, None)),
+                       out_specs=(P(DATA, None), P(DATA, None)), check_vma=False)
+    return jax.jit(fn)
+
+
+def sharded_top_k(user_vecs, table, bias, known, k: int, mesh: Mesh, num_items: int):
+    """Global top-K items per user from a row-sharded table.
+
+    Args:
+      user_vecs: [B, d] user vectors (any B: padded to a multiple of the
+        "data" axis here).
+      table, bias: from :func:`shard_item_table` ([I', d], [I'], row-sharded).
+      known: [B, M] int item ids to exclude per user, -1 = padding.
+      k: how many items (at most I').
+      mesh: the ("data", "model") mesh the table lives on.
+      num_items: the real catalogue size (rows >= it are padding).
+
+    Returns:
+      (scores [B, k] float32, items [B, k] int32), best first; excluded
+      items score -inf and never precede a real one.
+    """
+    batch = user_vecs.shape[0]
+    d = mesh.shape[DATA]
+    padded = -(-batch // d) * d
+    user_vecs = jnp.asarray(user_vecs)
+    known = jnp.asarray(known, jnp.int32)
+    if padded != batch:
+        user_vecs = jnp.pad(user_vecs, ((0, padded - batch), (0, 0)))
+        known = jnp.pad(known, ((0, padded - batch), (0, 0)), constant_values=-1)
+    # Each shard contributes min(k, rows) candidates, so k <= I' suffices.
+    if k > table.shape[0]:
+        raise ValueError(f"k={k} exceeds the {table.shape[0]} table rows")
+    scores, items = _sharded_top_k_fn(mesh, int(k), int(num_items))(user_vecs, table, bias, known)
+    return scores[:batch], items[:batch]
+
+
+def dense_top_k(user_vecs, table, bias, known, k: int):
+    """The unsharded reference: top K of the masked dense scores [B, I]."""
+    scores = jnp.asarray(user_vecs, jnp.float32) @ jnp.asarray(table, jnp.float32).T
+    if bias is not None:
+        scores = scores + bias
+    known = jnp.asarray(known, jnp.int32)
+    col = jnp.where(known >= 0, known, scores.shape[1])
+    user_row = jnp.broadcast_to(jnp.arange(known.shape[0])[:, None], col.shape)
+    scores = scores.at[user_row, col].set(-jnp.inf, mode="drop")
+    top_scores, top_items = jax.lax.top_k(scores, k)
+    return top_scores, top_items.astype(jnp.int32)

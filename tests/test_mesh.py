@@ -1,0 +1,270 @@
+"""Mesh mode on 8 fake CPU devices, and the multi-step pmap on the usual 4.
+
+conftest.py gives the test process 4 devices, so the 8-device checks run once
+in a child process (this file run as a script with
+``--xla_force_host_platform_device_count=8``) that prints its measurements as
+JSON; the tests below assert on them:
+
+(a) mesh-mode BPR-MF steps on a (4, 2) mesh (item tables row-sharded two
+    ways, batch split four ways) give the same losses and parameters as the
+    pmapped step on 8 devices and as one unsharded device;
+(b) top-K over a row-sharded table (merged per-shard top-Ks) equals the dense
+    top-K, known items masked, for random vectors and for the MF of (a);
+(c) the table rows really are split: each device's shard holds I / M rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+MESH_SHAPE = (4, 2)  # (data, model): 1,682 ml-100k items shard 2 ways (841 rows each)
+TOPK_MESH = (2, 4)
+STEPS = 3
+PER_DEVICE = 32
+
+
+# ---------------------------------------------------------------------------
+# The child: runs with 8 devices, prints JSON.
+# ---------------------------------------------------------------------------
+
+
+def _child(data_dir: str) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from configs import common
+    from rec_jax.data import dataset as dataset_lib
+    from rec_jax.data import features, interactions, splits
+    from rec_jax.data.pipeline import TrainPipeline
+    from rec_jax.eval import sharded
+    from rec_jax.models import registry
+    from rec_jax.train import mesh as mesh_lib
+    from rec_jax.train import optim, step as step_lib
+
+    assert jax.device_count() == 8, jax.devices()
+    out: dict = {}
+    ds = dataset_lib.load("100k", data_dir)
+    data = interactions.build(ds, splits.make_split(ds, "ratio", seed=0))
+    side = features.side_features(ds)
+    config = common.base_config()
+    spec = registry.plain_spec(registry.parts("mf", config, data, side))
+    tx = optim.make_optimizer(common.optim_section(lr=0.01), total_steps=100)
+    # Host copies: mesh mode donates its state, which must not alias these.
+    params = jax.device_get(spec.init(jax.random.PRNGKey(0)))
+    key = jax.random.PRNGKey(1)
+    pipeline = TrainPipeline(spec.source, PER_DEVICE, seed=0, engine="numpy")
+
+    # (a) pmap on 8 devices: the trainer's step.
+    p_step = step_lib.make_pmapped_step(spec.loss_fn, tx)
+    state_p = step_lib.replicate(step_lib.init_state(params, tx))
+    side_p, frozen_p = step_lib.replicate(side), step_lib.replicate(None)
+    losses_p = []
+    for s in range(STEPS):
+        state_p, sums = p_step(state_p, pipeline.host_batch(s), side_p, frozen_p, key)
+        losses_p.append(float(step_lib.unreplicate(sums)["loss"]))
+    params_p = step_lib.unreplicate(state_p.params)
+
+    # (a) unsharded: the global step on one device, the whole global batch.
+    one = jax.jit(functools.partial(step_lib.global_train_step, loss_fn=spec.loss_fn, tx=tx))
+    state_1 = jax.device_put(step_lib.init_state(params, tx), jax.devices()[0])
+    losses_1 = []
+    for s in range(STEPS):
+        state_1, sums = one(state_1, pipeline.global_host_batch(s), side, None, key)
+        losses_1.append(float(sums["loss"]))
+    params_1 = jax.device_get(state_1.params)
+
+    # (a) mesh mode.
+    mesh = mesh_lib.make_mesh(MESH_SHAPE)
+    state = step_lib.init_state(params, tx)
+    shardings = mesh_lib.tree_shardings(state, mesh, data.num_items)
+    state_m = jax.device_put(state, shardings)
+    side_shardings = mesh_lib.tree_shardings(side, mesh, data.num_items)
+    m_step = mesh_lib.make_mesh_step(spec.loss_fn, tx, mesh, shardings, side_shardings)
+    side_m = jax.device_put(side, side_shardings)
+    losses_m, examples_m = [], []
+    for batch in pipeline.mesh_batches(0, STEPS, mesh_lib.batch_sharding(mesh)):
+        state_m, sums = m_step(state_m, batch, side_m, None, key)
+        losses_m.append(float(sums["loss"]))
+        examples_m.append(float(sums["examples"]))
+    params_m = jax.device_get(state_m.params)
+
+    def max_diff(a, b):
+        return max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+                   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    out["a"] = {
+        "losses_pmap": losses_p, "losses_one": losses_1, "losses_mesh": losses_m,
+        "examples_mesh": examples_m, "global_batch": pipeline.global_batch,
+        "params_mesh_vs_pmap": max_diff(params_m, params_p),
+        "params_mesh_vs_one": max_diff(params_m, params_1),
+        "moments_mesh_vs_one": max_diff(jax.device_get(state_m.opt_state),
+                                        jax.device_get(state_1.opt_state)),
+        "params_moved": max_diff(params_m, params),
+        "step_mesh": int(state_m.step),
+    }
+
+    # (c) where the rows live.
+    table = state_m.params["item_embed"]["embedding"]
+    bias = state_m.params["item_bias"]
+    users = state_m.params["user_embed"]["embedding"]
+    (mu,) = [x for path, x in jax.tree_util.tree_leaves_with_path(state_m.opt_state)
+             if ".mu" in jax.tree_util.keystr(path) and "item_embed" in jax.tree_util.keystr(path)]
+    out["c"] = {
+        "num_items": data.num_items, "num_users": data.num_users,
+        "table_shards": [list(s.data.shape) for s in table.addressable_shards],
+        "table_row_starts": sorted({s.index[0].start or 0 for s in table.addressable_shards}),
+        "bias_shards": [list(s.data.shape) for s in bias.addressable_shards],
+        "moment_shards": [list(s.data.shape) for s in mu.addressable_shards],
+        "user_shards": [list(s.data.shape) for s in users.addressable_shards],
+        "devices": len(table.addressable_shards),
+        "side_genre_shards": [list(s.data.shape)
+                              for s in side_m["item_genres"].addressable_shards],
+    }
+
+    # (b) sharded top-K vs dense, on a (2, 4) mesh.
+    topk_mesh = mesh_lib.make_mesh(TOPK_MESH)
+    k = 20
+    results = {}
+    rng = np.random.default_rng(0)
+    # Random: 1,003 items (padded to 1,004 = 4 x 251), 37 users (padded to 38).
+    vecs = rng.normal(size=(37, 16)).astype(np.float32)
+    items = rng.normal(size=(1003, 16)).astype(np.float32)
+    item_bias = rng.normal(size=1003).astype(np.float32)
+    dense_top = np.asarray(sharded.dense_top_k(vecs, items, item_bias,
+                                               -np.ones((37, 1), np.int32), k)[1])
+    # Known items: each user's 5 best items (so masking changes the answer),
+    # some random ones, and -1 padding.
+    known = np.full((37, 12), -1, np.int32)
+    known[:, :5] = dense_top[:, :5]
+    known[::2, 5:9] = rng.integers(0, 1003, (19, 4))
+    cases = {"random": (vecs, items, item_bias, known)}
+    # The trained MF of (a): users' known items from the split.
+    eval_users = np.arange(64, dtype=np.int32)
+    cases["mf"] = (np.asarray(params_m["user_embed"]["embedding"])[eval_users],
+                   np.asarray(params_m["item_embed"]["embedding"]),
+                   np.asarray(params_m["item_bias"]),
+                   sharded.known_item_ids(data.known_items("test"), eval_users))
+    for name, (u, t, b, kn) in cases.items():
+        t_s, b_s, n = sharded.shard_item_table(t, b, topk_mesh)
+        s_scores, s_items = sharded.sharded_top_k(u, t_s, b_s, kn, k, topk_mesh, n)
+        d_scores, d_items = sharded.dense_top_k(u, t, b, kn, k)
+        s_items, d_items = np.asarray(s_items), np.asarray(d_items)
+        known_hit = any(set(s_items[r]) & set(kn[r][kn[r] >= 0]) for r in range(len(u)))
+        results[name] = {
+            "items_equal": bool(np.array_equal(s_items, d_items)),
+            "score_diff": float(np.abs(np.asarray(s_scores) - np.asarray(d_scores)).max()),
+            "known_in_top": bool(known_hit),
+            "max_item": int(s_items.max()),
+            "num_items": int(n),
+            "table_shards": [list(s.data.shape) for s in t_s.addressable_shards],
+            "top_changed_by_mask": bool(not np.array_equal(
+                s_items, np.asarray(sharded.dense_top_k(u, t, b, -np.ones_like(kn), k)[1]))),
+        }
+    out["b"] = results
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The tests (4-device process).
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def child(data_dir):
+    from conftest import REPO_ROOT, subprocess_env
+    proc = subprocess.run([sys.executable, __file__, data_dir], cwd=REPO_ROOT,
+                          env=subprocess_env(8), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_mesh_step_matches_pmap_and_one_device(child):
+    a = child["a"]
+    assert a["step_mesh"] == STEPS
+    assert a["examples_mesh"] == [8 * PER_DEVICE] * STEPS == [a["global_batch"]] * STEPS
+    np.testing.assert_allclose(a["losses_mesh"], a["losses_pmap"], rtol=1e-5)
+    np.testing.assert_allclose(a["losses_mesh"], a["losses_one"], rtol=1e-5)
+    assert a["params_mesh_vs_pmap"] < 1e-5
+    assert a["params_mesh_vs_one"] < 1e-5
+    assert a["moments_mesh_vs_one"] < 1e-5
+    assert a["params_moved"] > 1e-3  # the steps changed the parameters
+
+
+def test_sharded_top_k_equals_dense(child):
+    for name, r in child["b"].items():
+        assert r["items_equal"], name
+        assert r["score_diff"] < 1e-4, name
+        assert not r["known_in_top"], name  # known items never recommended
+        assert r["max_item"] < r["num_items"], name  # padding rows never win
+        assert r["top_changed_by_mask"], name  # the mask mattered
+    # 1,003 random items padded to 1,004 over 4 model shards x 2 data replicas.
+    assert child["b"]["random"]["table_shards"] == [[251, 16]] * 8
+
+
+def test_item_rows_are_split_across_devices(child):
+    c = child["c"]
+    rows = c["num_items"] // MESH_SHAPE[1]
+    assert c["devices"] == 8
+    assert c["table_shards"] == [[rows, 64]] * 8
+    assert c["table_row_starts"] == [0, rows]
+    assert c["bias_shards"] == [[rows]] * 8
+    assert c["moment_shards"] == [[rows, 64]] * 8  # Adam moments follow their params
+    assert c["side_genre_shards"][0][0] == rows  # item side tables too
+    assert c["user_shards"] == [[c["num_users"], 64]] * 8  # replicated
+
+
+# ---------------------------------------------------------------------------
+# Multi-step pmap (4 devices, in process).
+# ---------------------------------------------------------------------------
+
+
+def test_multi_step_equals_single_steps(ml100k_ratio):
+    import jax
+
+    from configs import common
+    from rec_jax.data import features
+    from rec_jax.data.pipeline import TrainPipeline
+    from rec_jax.models import registry
+    from rec_jax.train import optim, step as step_lib
+
+    data = ml100k_ratio
+    side = features.side_features(data.dataset)
+    spec = registry.plain_spec(registry.parts("mf", common.base_config(), data, side))
+    tx = optim.make_optimizer(common.optim_section(lr=0.01), total_steps=100)
+    params = spec.init(jax.random.PRNGKey(0))
+    key = jax.random.PRNGKey(1)
+    pipeline = TrainPipeline(spec.source, PER_DEVICE, seed=0, engine="numpy")
+    side_r, frozen_r = step_lib.replicate(side), step_lib.replicate(None)
+
+    single = step_lib.make_pmapped_step(spec.loss_fn, tx)
+    state_s = step_lib.replicate(step_lib.init_state(params, tx))
+    total = 0.0
+    for batch in pipeline.device_batches(0, 5):
+        state_s, sums = single(state_s, batch, side_r, frozen_r, key)
+        total += float(step_lib.unreplicate(sums)["loss"])
+
+    multi = step_lib.make_pmapped_multi_step(spec.loss_fn, tx)
+    state_m = step_lib.replicate(step_lib.init_state(params, tx))
+    chunks = list(pipeline.device_batches(0, 5, steps_per_call=2))
+    assert [c["user"].shape[:2] for c in chunks] == [(4, 2), (4, 2), (4, 1)]
+    total_m = 0.0
+    for batch in chunks:
+        state_m, sums = multi(state_m, batch, side_r, frozen_r, key)
+        total_m += float(step_lib.unreplicate(sums)["loss"])
+    assert int(step_lib.unreplicate(state_m.step)) == 5
+    np.testing.assert_allclose(total_m, total, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(step_lib.unreplicate(state_m.params)),
+                    jax.tree.leaves(step_lib.unreplicate(state_s.params))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+if __name__ == "__main__":
+    import os
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    print(json.dumps(_child(sys.argv[1])))
