@@ -23,7 +23,8 @@ BASE_CONFIG = "configs/ml100k_teacher.py"
 
 
 def get_grid(arg=None):
-  tiny = ex.is_tiny(arg)
-  return ex.product(
-      {"teacher.freeze": ["encoder", "top:1"] if tiny else ["encoder", "top:1", "top:2", "none"]},
-      ex.seeds(1 if tiny else 3))
+    tiny = ex.is_tiny(arg)
+    return ex.product(
+        {"teacher.freeze": ["encoder", "top:1"] if tiny else ["encoder", "top:1", "top:2", "none"]},
+        ex.seeds(1 if tiny else 3),
+    )

@@ -23,9 +23,9 @@ TERMS = ("soft", "rank", "emb", "aux")
 
 
 def get_grid(arg=None):
-  tiny = ex.is_tiny(arg)
-  all_on = {}
-  one_off = [{f"distill.weights.{term}": 0.0} for term in TERMS]
-  hard_only = {f"distill.weights.{term}": 0.0 for term in TERMS}
-  points = [all_on, hard_only] if tiny else [all_on, *one_off, hard_only]
-  return ex.product(points, ex.seeds(2 if tiny else 3))
+    tiny = ex.is_tiny(arg)
+    all_on = {}
+    one_off = [{f"distill.weights.{term}": 0.0} for term in TERMS]
+    hard_only = {f"distill.weights.{term}": 0.0 for term in TERMS}
+    points = [all_on, hard_only] if tiny else [all_on, *one_off, hard_only]
+    return ex.product(points, ex.seeds(2 if tiny else 3))

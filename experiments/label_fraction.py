@@ -21,6 +21,8 @@ BASE_CONFIG = "configs/ml100k_coldstart.py"
 
 
 def get_grid(arg=None):
-  tiny = ex.is_tiny(arg)
-  return ex.product({"data.train_fraction": [0.25, 1.0] if tiny else [0.1, 0.25, 0.5, 1.0]},
-                    ex.seeds(2 if tiny else 3))
+    tiny = ex.is_tiny(arg)
+    return ex.product(
+        {"data.train_fraction": [0.25, 1.0] if tiny else [0.1, 0.25, 0.5, 1.0]},
+        ex.seeds(2 if tiny else 3),
+    )

@@ -22,7 +22,8 @@ STUDENTS = ("mf", "sasrec", "deepfm")
 
 
 def get_grid(arg=None):
-  tiny = ex.is_tiny(arg)
-  dims = [8, 32] if tiny else [8, 16, 32, 64, 128]
-  return ex.product(ex.zip_axes({f"model.{s}.embed_dim": dims for s in STUDENTS}),
-                    ex.seeds(2 if tiny else 3))
+    tiny = ex.is_tiny(arg)
+    dims = [8, 32] if tiny else [8, 16, 32, 64, 128]
+    return ex.product(
+        ex.zip_axes({f"model.{s}.embed_dim": dims for s in STUDENTS}), ex.seeds(2 if tiny else 3)
+    )

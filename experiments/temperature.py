@@ -17,6 +17,8 @@ BASE_CONFIG = "configs/ml100k_distill.py"
 
 
 def get_grid(arg=None):
-  tiny = ex.is_tiny(arg)
-  return ex.product({"distill.temperature": [1.0, 4.0] if tiny else [1.0, 2.0, 4.0, 8.0]},
-                    ex.seeds(2 if tiny else 3))
+    tiny = ex.is_tiny(arg)
+    return ex.product(
+        {"distill.temperature": [1.0, 4.0] if tiny else [1.0, 2.0, 4.0, 8.0]},
+        ex.seeds(2 if tiny else 3),
+    )

@@ -20,9 +20,15 @@ BASE_CONFIG = "configs/ml100k_distill.py"
 
 
 def get_grid(arg=None):
-  tiny = ex.is_tiny(arg)
-  return ex.product(
-      {"distill.topk": [5, 20] if tiny else [5, 10, 20, 50],
-       "distill.rank_weighting": (["position", "hybrid"] if tiny else
-                                  ["position", "confidence", "consistency", "hybrid"])},
-      ex.seeds(1 if tiny else 3))
+    tiny = ex.is_tiny(arg)
+    return ex.product(
+        {
+            "distill.topk": [5, 20] if tiny else [5, 10, 20, 50],
+            "distill.rank_weighting": (
+                ["position", "hybrid"]
+                if tiny
+                else ["position", "confidence", "consistency", "hybrid"]
+            ),
+        },
+        ex.seeds(1 if tiny else 3),
+    )

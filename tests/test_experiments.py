@@ -22,11 +22,24 @@ from rec_jax import experiments as ex
 SHIPPED_GRIDS = sorted((ex.REPO_ROOT / "experiments").glob("*.py"))
 # Override keys the contract allows grids to use.
 ALLOWED_KEYS = {
-    "seed", "data.split", "data.train_fraction", "students", "distill.weights.hard",
-    "distill.weights.soft", "distill.weights.rank", "distill.weights.emb",
-    "distill.weights.aux", "distill.temperature", "distill.topk", "distill.rank_weighting",
-    "teacher.freeze", "model.mf.embed_dim", "model.sasrec.embed_dim",
-    "model.deepfm.embed_dim", "transfer.init", "enhance.mode",
+    "seed",
+    "data.split",
+    "data.train_fraction",
+    "students",
+    "distill.weights.hard",
+    "distill.weights.soft",
+    "distill.weights.rank",
+    "distill.weights.emb",
+    "distill.weights.aux",
+    "distill.temperature",
+    "distill.topk",
+    "distill.rank_weighting",
+    "teacher.freeze",
+    "model.mf.embed_dim",
+    "model.sasrec.embed_dim",
+    "model.deepfm.embed_dim",
+    "transfer.init",
+    "enhance.mode",
 }
 
 FAKE_MAIN = '''
@@ -79,269 +92,320 @@ def get_grid(arg=None):
 
 @pytest.fixture
 def fake(tmp_path):
-  """(grid file, prefix that runs the fake main, function: call count per run)."""
-  (tmp_path / "fake_main.py").write_text(FAKE_MAIN)
-  (tmp_path / "grid_t.py").write_text(GRID)
+    """(grid file, prefix that runs the fake main, function: call count per run)."""
+    (tmp_path / "fake_main.py").write_text(FAKE_MAIN)
+    (tmp_path / "grid_t.py").write_text(GRID)
 
-  def calls():
-    path = tmp_path / "calls.txt"
-    return path.read_text().split() if path.exists() else []
+    def calls():
+        path = tmp_path / "calls.txt"
+        return path.read_text().split() if path.exists() else []
 
-  return tmp_path / "grid_t.py", (sys.executable, str(tmp_path / "fake_main.py")), calls
+    return tmp_path / "grid_t.py", (sys.executable, str(tmp_path / "fake_main.py")), calls
 
 
 # ----------------------------------------------------------------- grid helpers
 
 
 def test_product_zip_seeds():
-  grid = ex.product({"distill.topk": [5, 10]}, ex.seeds(3))
-  assert len(grid) == 6
-  assert grid[0] == {"distill.topk": 5, "seed": 0}  # First factor varies slowest.
-  assert grid[3] == {"distill.topk": 10, "seed": 0}
-  assert ex.product(students=["mf", "sasrec"], seed=[0]) == [
-      {"students": "mf", "seed": 0}, {"students": "sasrec", "seed": 0}]
-  zipped = ex.zip_axes({"model.mf.embed_dim": [8, 16], "model.sasrec.embed_dim": [8, 16]})
-  assert zipped == [{"model.mf.embed_dim": 8, "model.sasrec.embed_dim": 8},
-                    {"model.mf.embed_dim": 16, "model.sasrec.embed_dim": 16}]
-  assert len(ex.product(zipped, ex.seeds(2))) == 4
-  with pytest.raises(ValueError):
-    ex.zip_axes({"a": [1, 2], "b": [1]})
-  assert ex.seeds(2, start=5) == [{"seed": 5}, {"seed": 6}]
-  assert ex.is_tiny("tiny") and not ex.is_tiny(None)
-  with pytest.raises(ValueError):
-    ex.is_tiny("tnyi")
+    grid = ex.product({"distill.topk": [5, 10]}, ex.seeds(3))
+    assert len(grid) == 6
+    assert grid[0] == {"distill.topk": 5, "seed": 0}  # First factor varies slowest.
+    assert grid[3] == {"distill.topk": 10, "seed": 0}
+    assert ex.product(students=["mf", "sasrec"], seed=[0]) == [
+        {"students": "mf", "seed": 0},
+        {"students": "sasrec", "seed": 0},
+    ]
+    zipped = ex.zip_axes({"model.mf.embed_dim": [8, 16], "model.sasrec.embed_dim": [8, 16]})
+    assert zipped == [
+        {"model.mf.embed_dim": 8, "model.sasrec.embed_dim": 8},
+        {"model.mf.embed_dim": 16, "model.sasrec.embed_dim": 16},
+    ]
+    assert len(ex.product(zipped, ex.seeds(2))) == 4
+    with pytest.raises(ValueError):
+        ex.zip_axes({"a": [1, 2], "b": [1]})
+    assert ex.seeds(2, start=5) == [{"seed": 5}, {"seed": 6}]
+    assert ex.is_tiny("tiny") and not ex.is_tiny(None)
+    with pytest.raises(ValueError):
+        ex.is_tiny("tnyi")
 
 
 def test_run_names_short_unique_stable_safe():
-  assert ex.run_names([{"distill.weights.soft": 0.0, "seed": 1}]) == ["soft=0_seed=1"]
-  assert ex.run_names([{"seed": 1, "teacher.freeze": "top:1"}]) == ["freeze=top-1_seed=1"]
-  assert ex.run_names([{"seed": 0}]) == ["base_seed=0"]
-  # Same last key component in one run: the names keep enough of the key.
-  assert ex.run_names([{"model.mf.embed_dim": 8, "model.sasrec.embed_dim": 8}]) == [
-      "mf.embed_dim=8_sasrec.embed_dim=8"]
-  # Collisions across runs fall back to full keys, then to a hash.
-  colliding = [{"model.mf.embed_dim": 8}, {"model.sasrec.embed_dim": 8},
-               {"teacher.freeze": "top:1"}, {"teacher.freeze": "top-1"}]
-  names = ex.run_names(colliding)
-  assert len(set(names)) == 4
-  assert names[:2] == ["model.mf.embed_dim=8", "model.sasrec.embed_dim=8"]
-  assert all(re.fullmatch(r"[A-Za-z0-9._=+@-]+", n) for n in names)
-  long = [{"students": "mf,sasrec,deepfm," * 10, "seed": s} for s in range(2)]
-  long_names = ex.run_names(long)
-  assert len(set(long_names)) == 2 and all(len(n) <= ex.MAX_NAME_LEN for n in long_names)
-  # Stable: the same point gets the same name in another call and another grid.
-  grid = ex.product({"distill.temperature": [1.0, 2.0]}, ex.seeds(2))
-  assert ex.run_names(grid) == ex.run_names(grid)
-  assert ex.run_names(grid[:1]) == ex.run_names(grid)[:1] == ["temperature=1_seed=0"]
-  with pytest.raises(ValueError):
-    ex.run_names([{"seed": 0}, {"seed": 0}])
+    assert ex.run_names([{"distill.weights.soft": 0.0, "seed": 1}]) == ["soft=0_seed=1"]
+    assert ex.run_names([{"seed": 1, "teacher.freeze": "top:1"}]) == ["freeze=top-1_seed=1"]
+    assert ex.run_names([{"seed": 0}]) == ["base_seed=0"]
+    # Same last key component in one run: the names keep enough of the key.
+    assert ex.run_names([{"model.mf.embed_dim": 8, "model.sasrec.embed_dim": 8}]) == [
+        "mf.embed_dim=8_sasrec.embed_dim=8"
+    ]
+    # Collisions across runs fall back to full keys, then to a hash.
+    colliding = [
+        {"model.mf.embed_dim": 8},
+        {"model.sasrec.embed_dim": 8},
+        {"teacher.freeze": "top:1"},
+        {"teacher.freeze": "top-1"},
+    ]
+    names = ex.run_names(colliding)
+    assert len(set(names)) == 4
+    assert names[:2] == ["model.mf.embed_dim=8", "model.sasrec.embed_dim=8"]
+    assert all(re.fullmatch(r"[A-Za-z0-9._=+@-]+", n) for n in names)
+    long = [{"students": "mf,sasrec,deepfm," * 10, "seed": s} for s in range(2)]
+    long_names = ex.run_names(long)
+    assert len(set(long_names)) == 2 and all(len(n) <= ex.MAX_NAME_LEN for n in long_names)
+    # Stable: the same point gets the same name in another call and another grid.
+    grid = ex.product({"distill.temperature": [1.0, 2.0]}, ex.seeds(2))
+    assert ex.run_names(grid) == ex.run_names(grid)
+    assert ex.run_names(grid[:1]) == ex.run_names(grid)[:1] == ["temperature=1_seed=0"]
+    with pytest.raises(ValueError):
+        ex.run_names([{"seed": 0}, {"seed": 0}])
 
 
 @pytest.mark.parametrize("path", SHIPPED_GRIDS, ids=lambda p: p.stem)
 def test_shipped_grids_expand(path):
-  module = ex.load_grid(path)
-  assert module.__doc__ and "rec_jax.experiments run" in module.__doc__
-  assert "rec_jax.experiments report" in module.__doc__
-  config, full = ex.expand(module, "/root", None)
-  tiny_config, tiny = ex.expand(module, "/root", "tiny")
-  assert config == module.BASE_CONFIG and config.startswith("configs/")
-  assert tiny_config == module.BASE_CONFIG + ":tiny"
-  assert 0 < len(tiny) < len(full)
-  assert len(tiny) <= 6
-  for runs in (full, tiny):
-    assert len({r.name for r in runs}) == len(runs)
-    for run in runs:
-      assert set(run.overrides) <= ALLOWED_KEYS, set(run.overrides) - ALLOWED_KEYS
-      assert run.args[1] == f"--workdir=/root/{run.name}"
-  assert len({r.overrides["seed"] for r in tiny}) <= 2
-  assert len({r.overrides["seed"] for r in full}) == 3
-  assert len(SHIPPED_GRIDS) >= 6
+    module = ex.load_grid(path)
+    assert module.__doc__ and "rec_jax.experiments run" in module.__doc__
+    assert "rec_jax.experiments report" in module.__doc__
+    config, full = ex.expand(module, "/root", None)
+    tiny_config, tiny = ex.expand(module, "/root", "tiny")
+    assert config == module.BASE_CONFIG and config.startswith("configs/")
+    assert tiny_config == module.BASE_CONFIG + ":tiny"
+    assert 0 < len(tiny) < len(full)
+    assert len(tiny) <= 6
+    for runs in (full, tiny):
+        assert len({r.name for r in runs}) == len(runs)
+        for run in runs:
+            assert set(run.overrides) <= ALLOWED_KEYS, set(run.overrides) - ALLOWED_KEYS
+            assert run.args[1] == f"--workdir=/root/{run.name}"
+    assert len({r.overrides["seed"] for r in tiny}) <= 2
+    assert len({r.overrides["seed"] for r in full}) == 3
+    assert len(SHIPPED_GRIDS) >= 6
 
 
 # -------------------------------------------------------------------- launcher
 
 
 def test_run_fake_main_failures_skip_and_resume(fake, tmp_path, capsys):
-  grid, prefix, calls = fake
-  root = tmp_path / "out"
-  (tmp_path / "fail.txt").write_text("--config.distill.temperature=4.0\n")
-  rc = ex.run_grid(str(grid), str(root), "tiny", prefix=prefix)
-  out = capsys.readouterr().out
-  assert rc == 1
-  names = ["temperature=1_seed=0", "temperature=1_seed=1",
-           "temperature=4_seed=0", "temperature=4_seed=1"]
-  assert sorted(calls()) == sorted(names)
-  for name in names[:2]:
-    assert (root / name / "COMPLETE").exists()
-    assert "fake main: done" in (root / name / "launcher.log").read_text()
-  for name in names[2:]:
-    assert not (root / name / "COMPLETE").exists()
-    assert "failing on purpose" in (root / name / "launcher.log").read_text()
-    assert re.search(rf"FAILED {re.escape(name)}: exit code 3; log .*{name}/launcher.log", out)
-  grid_json = json.loads((root / "grid.json").read_text())
-  assert grid_json["config"] == "configs/fake.py:tiny"
-  assert grid_json["runs"]["temperature=4_seed=1"]["overrides"] == {
-      "distill.temperature": 4.0, "seed": 1}
-  assert "--config.distill.temperature=4.0" in grid_json["runs"][names[3]]["command"]
+    grid, prefix, calls = fake
+    root = tmp_path / "out"
+    (tmp_path / "fail.txt").write_text("--config.distill.temperature=4.0\n")
+    rc = ex.run_grid(str(grid), str(root), "tiny", prefix=prefix)
+    out = capsys.readouterr().out
+    assert rc == 1
+    names = [
+        "temperature=1_seed=0",
+        "temperature=1_seed=1",
+        "temperature=4_seed=0",
+        "temperature=4_seed=1",
+    ]
+    assert sorted(calls()) == sorted(names)
+    for name in names[:2]:
+        assert (root / name / "COMPLETE").exists()
+        assert "fake main: done" in (root / name / "launcher.log").read_text()
+    for name in names[2:]:
+        assert not (root / name / "COMPLETE").exists()
+        assert "failing on purpose" in (root / name / "launcher.log").read_text()
+        assert re.search(rf"FAILED {re.escape(name)}: exit code 3; log .*{name}/launcher.log", out)
+    grid_json = json.loads((root / "grid.json").read_text())
+    assert grid_json["config"] == "configs/fake.py:tiny"
+    assert grid_json["runs"]["temperature=4_seed=1"]["overrides"] == {
+        "distill.temperature": 4.0,
+        "seed": 1,
+    }
+    assert "--config.distill.temperature=4.0" in grid_json["runs"][names[3]]["command"]
 
-  # Second launch: finished runs are skipped, the failed ones rerun.
-  (tmp_path / "fail.txt").unlink()
-  (tmp_path / "calls.txt").unlink()
-  assert ex.run_grid(str(grid), str(root), "tiny", prefix=prefix) == 0
-  assert sorted(calls()) == sorted(names[2:])
+    # Second launch: finished runs are skipped, the failed ones rerun.
+    (tmp_path / "fail.txt").unlink()
+    (tmp_path / "calls.txt").unlink()
+    assert ex.run_grid(str(grid), str(root), "tiny", prefix=prefix) == 0
+    assert sorted(calls()) == sorted(names[2:])
 
-  # An interrupted run (no COMPLETE) is rerun with the same command; nothing else runs.
-  (root / names[0] / "COMPLETE").unlink()
-  (tmp_path / "calls.txt").unlink()
-  assert ex.run_grid(str(grid), str(root), "tiny", prefix=prefix) == 0
-  assert calls() == [names[0]]
-  assert (root / names[0] / "launcher.log").read_text().count("=== ") == 2
-  (tmp_path / "calls.txt").unlink()
-  assert ex.run_grid(str(grid), str(root), "tiny", prefix=prefix) == 0
-  assert calls() == []
+    # An interrupted run (no COMPLETE) is rerun with the same command; nothing else runs.
+    (root / names[0] / "COMPLETE").unlink()
+    (tmp_path / "calls.txt").unlink()
+    assert ex.run_grid(str(grid), str(root), "tiny", prefix=prefix) == 0
+    assert calls() == [names[0]]
+    assert (root / names[0] / "launcher.log").read_text().count("=== ") == 2
+    (tmp_path / "calls.txt").unlink()
+    assert ex.run_grid(str(grid), str(root), "tiny", prefix=prefix) == 0
+    assert calls() == []
 
-  # The full grid must not reuse the tiny grid's root (same names, other config).
-  with pytest.raises(SystemExit):
-    ex.run_grid(str(grid), str(root), None, prefix=prefix)
+    # The full grid must not reuse the tiny grid's root (same names, other config).
+    with pytest.raises(SystemExit):
+        ex.run_grid(str(grid), str(root), None, prefix=prefix)
 
 
 def test_run_only_and_exit_zero_without_complete(fake, tmp_path, capsys):
-  grid, prefix, calls = fake
-  root = tmp_path / "out"
-  assert ex.run_grid(str(grid), str(root), "tiny", only="temperature=4_seed=1",
-                     prefix=prefix) == 0
-  assert calls() == ["temperature=4_seed=1"]
-  # A main that exits 0 without writing COMPLETE did not finish.
-  silent = (sys.executable, "-c", "pass")
-  assert ex.run_grid(str(grid), str(root), "tiny", only="seed=0", prefix=silent) == 1
-  assert "without writing COMPLETE" in capsys.readouterr().out
+    grid, prefix, calls = fake
+    root = tmp_path / "out"
+    assert (
+        ex.run_grid(str(grid), str(root), "tiny", only="temperature=4_seed=1", prefix=prefix) == 0
+    )
+    assert calls() == ["temperature=4_seed=1"]
+    # A main that exits 0 without writing COMPLETE did not finish.
+    silent = (sys.executable, "-c", "pass")
+    assert ex.run_grid(str(grid), str(root), "tiny", only="seed=0", prefix=silent) == 1
+    assert "without writing COMPLETE" in capsys.readouterr().out
 
 
 def test_dry_run_runs_nothing(fake, tmp_path, capsys):
-  grid, prefix, calls = fake
-  root = tmp_path / "out"
-  assert ex.main(["run", str(grid), "--root", str(root), "--dry_run", "--", "--stage=eval"]) == 0
-  lines = capsys.readouterr().out.strip().splitlines()
-  assert len(lines) == 6
-  assert lines[0].endswith(f"rec_jax.main --config=configs/fake.py --workdir={root}/"
-                           "temperature=1_seed=0 --config.distill.temperature=1.0 "
-                           "--config.seed=0 --stage=eval")
-  assert not root.exists() and calls() == []
+    grid, prefix, calls = fake
+    root = tmp_path / "out"
+    assert ex.main(["run", str(grid), "--root", str(root), "--dry_run", "--", "--stage=eval"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 6
+    assert lines[0].endswith(
+        f"rec_jax.main --config=configs/fake.py --workdir={root}/"
+        "temperature=1_seed=0 --config.distill.temperature=1.0 "
+        "--config.seed=0 --stage=eval"
+    )
+    assert not root.exists() and calls() == []
 
 
 @pytest.mark.parametrize("coordinator", [True, False])
 def test_emit_tpu_vm(fake, tmp_path, coordinator):
-  grid, _, calls = fake
-  script = tmp_path / "launch.sh"
-  argv = ["run", str(grid), "--root=gs://bucket/t", "--arg=tiny", "--emit=tpu_vm",
-          f"--out={script}"] + ([] if coordinator else ["--no_coordinator"])
-  assert ex.main(argv) == 0
-  text = script.read_text()
-  commands = [l for l in text.splitlines() if l.startswith("gcloud compute tpus tpu-vm ssh")]
-  assert len(commands) == 4
-  for line in commands:
-    assert "--worker=all" in line and "-m rec_jax.main --config=configs/fake.py:tiny" in line
-    assert "--workdir=gs://bucket/t/temperature=" in line
-    for flag in ("--coordinator_address=", "--num_processes=", "--process_id="):
-      assert (flag in line) == coordinator
-  assert text.startswith("#!/usr/bin/env bash\n#")
-  assert calls() == [] and not Path("gs:").exists()
-  if shutil.which("bash"):
-    subprocess.run(["bash", "-n", str(script)], check=True)
+    grid, _, calls = fake
+    script = tmp_path / "launch.sh"
+    argv = [
+        "run",
+        str(grid),
+        "--root=gs://bucket/t",
+        "--arg=tiny",
+        "--emit=tpu_vm",
+        f"--out={script}",
+    ] + ([] if coordinator else ["--no_coordinator"])
+    assert ex.main(argv) == 0
+    text = script.read_text()
+    commands = [l for l in text.splitlines() if l.startswith("gcloud compute tpus tpu-vm ssh")]
+    assert len(commands) == 4
+    for line in commands:
+        assert "--worker=all" in line and "-m rec_jax.main --config=configs/fake.py:tiny" in line
+        assert "--workdir=gs://bucket/t/temperature=" in line
+        for flag in ("--coordinator_address=", "--num_processes=", "--process_id="):
+            assert (flag in line) == coordinator
+    assert text.startswith("#!/usr/bin/env bash\n#")
+    assert calls() == [] and not Path("gs:").exists()
+    if shutil.which("bash"):
+        subprocess.run(["bash", "-n", str(script)], check=True)
 
 
 # ------------------------------------------------------------------ aggregation
 
 
 def _write_run(root, name, config, results):
-  workdir = root / name
-  workdir.mkdir(parents=True)
-  (workdir / "run.json").write_text(json.dumps({"config": config, "machine": "test"}))
-  (workdir / "results.json").write_text(json.dumps(results))
-  (workdir / "COMPLETE").touch()
+    workdir = root / name
+    workdir.mkdir(parents=True)
+    (workdir / "run.json").write_text(json.dumps({"config": config, "machine": "test"}))
+    (workdir / "results.json").write_text(json.dumps(results))
+    (workdir / "COMPLETE").touch()
 
 
 def _table_row(table, *cells):
-  """The Markdown row whose first cells are `cells`."""
-  for line in table.splitlines():
-    parts = [p.strip() for p in line.strip("|").split("|")]
-    if parts[:len(cells)] == list(cells):
-      return parts
-  raise AssertionError(f"no row {cells} in\n{table}")
+    """The Markdown row whose first cells are `cells`."""
+    for line in table.splitlines():
+        parts = [p.strip() for p in line.strip("|").split("|")]
+        if parts[: len(cells)] == list(cells):
+            return parts
+    raise AssertionError(f"no row {cells} in\n{table}")
 
 
 def test_report_hand_made_numbers(tmp_path, capsys):
-  root = tmp_path / "grid"
-  # No grid.json: the swept key (distill.temperature) is found from run.json.
-  ndcg = {(1.0, 0): 0.1, (1.0, 1): 0.2, (1.0, 2): 0.3, (4.0, 0): 0.3, (4.0, 1): 0.5}
-  for (t, seed), value in ndcg.items():
-    results = {
-        "mf_kd": {"valid": {"ndcg@10": 0.9}, "test": {"ndcg@10": value, "recall@10": 0.5},
-                  "info": {"num_params": 1000, "score_ms_per_user": 0.02, "note": "x"}},
-        "deepfm": {"test": {"auc": 0.7 + seed / 10}},
-    }
-    if seed == 2:
-      del results["mf_kd"]["test"]["recall@10"]  # Partial: one seed lacks a metric.
-    _write_run(root, f"t{t}_s{seed}", {"seed": seed, "distill": {"temperature": t},
-                                        "model": {"mf": {"embed_dim": 8}}}, results)
-  (root / "broken").mkdir()  # A run with no results yet is ignored.
+    root = tmp_path / "grid"
+    # No grid.json: the swept key (distill.temperature) is found from run.json.
+    ndcg = {(1.0, 0): 0.1, (1.0, 1): 0.2, (1.0, 2): 0.3, (4.0, 0): 0.3, (4.0, 1): 0.5}
+    for (t, seed), value in ndcg.items():
+        results = {
+            "mf_kd": {
+                "valid": {"ndcg@10": 0.9},
+                "test": {"ndcg@10": value, "recall@10": 0.5},
+                "info": {"num_params": 1000, "score_ms_per_user": 0.02, "note": "x"},
+            },
+            "deepfm": {"test": {"auc": 0.7 + seed / 10}},
+        }
+        if seed == 2:
+            del results["mf_kd"]["test"]["recall@10"]  # Partial: one seed lacks a metric.
+        _write_run(
+            root,
+            f"t{t}_s{seed}",
+            {"seed": seed, "distill": {"temperature": t}, "model": {"mf": {"embed_dim": 8}}},
+            results,
+        )
+    (root / "broken").mkdir()  # A run with no results yet is ignored.
 
-  table = ex.report(root)
-  assert table in capsys.readouterr().out
-  row = _table_row(table, "1", "mf_kd")
-  header = [p.strip() for p in table.splitlines()[0].strip("|").split("|")]
-  cell = dict(zip(header, row))
-  assert header[:3] == ["temperature", "model", "n"]
-  assert cell["n"] == "3"
-  assert cell["ndcg@10"] == "0.2000 ± 0.1000"  # mean(0.1, 0.2, 0.3), sample std 0.1.
-  assert cell["recall@10"] == "0.5000 ± 0.0000 (n=2)"
-  assert cell["auc"] == ""  # mf_kd has no AUC: empty cell.
-  assert cell["score_ms_per_user"] == "0.0200 ± 0.0000"
-  cell4 = dict(zip(header, _table_row(table, "4", "mf_kd")))
-  assert cell4["ndcg@10"] == f"0.4000 ± {math.sqrt(0.02):.4f}"  # (0.3, 0.5): std √0.02.
-  deepfm = dict(zip(header, _table_row(table, "1", "deepfm")))
-  assert deepfm["auc"] == "0.8000 ± 0.1000" and deepfm["ndcg@10"] == ""
-  assert "hr@10" not in header  # Absent everywhere: no column.
+    table = ex.report(root)
+    assert table in capsys.readouterr().out
+    row = _table_row(table, "1", "mf_kd")
+    header = [p.strip() for p in table.splitlines()[0].strip("|").split("|")]
+    cell = dict(zip(header, row))
+    assert header[:3] == ["temperature", "model", "n"]
+    assert cell["n"] == "3"
+    assert cell["ndcg@10"] == "0.2000 ± 0.1000"  # mean(0.1, 0.2, 0.3), sample std 0.1.
+    assert cell["recall@10"] == "0.5000 ± 0.0000 (n=2)"
+    assert cell["auc"] == ""  # mf_kd has no AUC: empty cell.
+    assert cell["score_ms_per_user"] == "0.0200 ± 0.0000"
+    cell4 = dict(zip(header, _table_row(table, "4", "mf_kd")))
+    assert cell4["ndcg@10"] == f"0.4000 ± {math.sqrt(0.02):.4f}"  # (0.3, 0.5): std √0.02.
+    deepfm = dict(zip(header, _table_row(table, "1", "deepfm")))
+    assert deepfm["auc"] == "0.8000 ± 0.1000" and deepfm["ndcg@10"] == ""
+    assert "hr@10" not in header  # Absent everywhere: no column.
 
-  with open(root / "summary.csv") as f:
-    rows = list(csv.DictReader(f))
-  assert len(rows) == 10  # 5 runs x 2 models.
-  first = next(r for r in rows if r["run"] == "t1.0_s0" and r["model"] == "mf_kd")
-  assert first["distill.temperature"] == "1" and first["seed"] == "0"
-  assert float(first["test/ndcg@10"]) == 0.1 and float(first["valid/ndcg@10"]) == 0.9
-  assert float(first["num_params"]) == 1000 and "note" not in first
-  md = (root / "summary.md").read_text()
-  assert table in md and "5 runs with results" in md
-  pngs = sorted(p.name for p in (root / "plots").glob("*.png"))
-  assert "ndcg@10_vs_temperature.png" in pngs and "auc_vs_temperature.png" in pngs
+    with open(root / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 10  # 5 runs x 2 models.
+    first = next(r for r in rows if r["run"] == "t1.0_s0" and r["model"] == "mf_kd")
+    assert first["distill.temperature"] == "1" and first["seed"] == "0"
+    assert float(first["test/ndcg@10"]) == 0.1 and float(first["valid/ndcg@10"]) == 0.9
+    assert float(first["num_params"]) == 1000 and "note" not in first
+    md = (root / "summary.md").read_text()
+    assert table in md and "5 runs with results" in md
+    pngs = sorted(p.name for p in (root / "plots").glob("*.png"))
+    assert "ndcg@10_vs_temperature.png" in pngs and "auc_vs_temperature.png" in pngs
 
 
 def test_report_after_launch_uses_grid_json_and_embed_plot(fake, tmp_path):
-  grid, prefix, _ = fake
-  root = tmp_path / "out"
-  (tmp_path / "fail.txt").write_text("--config.seed=1\n")
-  assert ex.run_grid(str(grid), str(root), None, prefix=prefix) == 1  # Partial results.
-  out = tmp_path / "report"
-  assert ex.main(["report", str(root), "--out", str(out), "--metric", "ndcg@10",
-                  "--metric", "valid/ndcg@10"]) == 0
-  md = (out / "summary.md").read_text()
-  assert "Runs without results (3)" in md
-  assert "| 2 | mf | 1 | 0.2000 | 0.2000 |" in md  # T=2, seed 0: 0.1*T, n=1: no std.
-  assert (out / "plots" / "ndcg@10_vs_temperature.png").stat().st_size > 0
+    grid, prefix, _ = fake
+    root = tmp_path / "out"
+    (tmp_path / "fail.txt").write_text("--config.seed=1\n")
+    assert ex.run_grid(str(grid), str(root), None, prefix=prefix) == 1  # Partial results.
+    out = tmp_path / "report"
+    assert (
+        ex.main(
+            [
+                "report",
+                str(root),
+                "--out",
+                str(out),
+                "--metric",
+                "ndcg@10",
+                "--metric",
+                "valid/ndcg@10",
+            ]
+        )
+        == 0
+    )
+    md = (out / "summary.md").read_text()
+    assert "Runs without results (3)" in md
+    assert "| 2 | mf | 1 | 0.2000 | 0.2000 |" in md  # T=2, seed 0: 0.1*T, n=1: no std.
+    assert (out / "plots" / "ndcg@10_vs_temperature.png").stat().st_size > 0
 
-  # Embedding-size axes also plot quality vs serving cost.
-  sized = tmp_path / "sized"
-  for dim in (8, 32):
-    for seed in (0, 1):
-      _write_run(sized, f"d{dim}_s{seed}",
-                 {"seed": seed, "model": {"mf": {"embed_dim": dim}, "sasrec": {"embed_dim": dim}}},
-                 {"mf": {"test": {"ndcg@10": dim / 100 + seed / 1000},
-                         "info": {"score_ms_per_user": dim / 1000}}})
-  ex.report(sized)
-  pngs = {p.name for p in (sized / "plots").glob("*.png")}
-  assert {"ndcg@10_vs_embed_dim.png", "ndcg@10_vs_score_ms_per_user.png"} <= pngs
-  assert "| embed_dim | model | n |" in (sized / "summary.md").read_text()
+    # Embedding-size axes also plot quality vs serving cost.
+    sized = tmp_path / "sized"
+    for dim in (8, 32):
+        for seed in (0, 1):
+            _write_run(
+                sized,
+                f"d{dim}_s{seed}",
+                {"seed": seed, "model": {"mf": {"embed_dim": dim}, "sasrec": {"embed_dim": dim}}},
+                {
+                    "mf": {
+                        "test": {"ndcg@10": dim / 100 + seed / 1000},
+                        "info": {"score_ms_per_user": dim / 1000},
+                    }
+                },
+            )
+    ex.report(sized)
+    pngs = {p.name for p in (sized / "plots").glob("*.png")}
+    assert {"ndcg@10_vs_embed_dim.png", "ndcg@10_vs_score_ms_per_user.png"} <= pngs
+    assert "| embed_dim | model | n |" in (sized / "summary.md").read_text()
 
 
 def test_report_empty_dir(tmp_path):
-  assert ex.main(["report", str(tmp_path)]) == 1
+    assert ex.main(["report", str(tmp_path)]) == 1
