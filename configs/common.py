@@ -90,6 +90,7 @@ def teacher_section() -> ConfigDict:
     c.dropout = 0.2
     c.use_ids = True
     c.use_text = True
+    c.user_ids = True
     c.temperature = 1.0
     c.softmax = "full"  # full | sampled
     c.num_sampled = 512
@@ -97,6 +98,10 @@ def teacher_section() -> ConfigDict:
     c.dtype = "float32"  # bfloat16: bf16 compute, fp32 params and losses
     c.loss_weights = ConfigDict(dict(rank=1.0, ctr=0.5, genre=0.1))
     c.artifact_topk = 50
+    # "" = the teacher lives in <workdir>/teacher. A folder here shares one
+    # teacher among runs with the same teacher config, data, split (grids).
+    c.cache_dir = ""
+    c.seed = -1  # -1: config.seed; grids sharing a cached teacher pin it (e.g. 0)
     c.train = train_section(batch_size_per_device=128, epochs=200.0, patience=10)
     c.optim = optim_section(name="adamw", weight_decay=0.01,
                             group_lr=ConfigDict(dict(encoder=0.1, heads=1.0)))

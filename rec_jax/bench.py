@@ -263,8 +263,16 @@ def _add(acc, sums):
 
 
 def train_throughput(name: str, config, data, side, max_steps: int, repeats: int,
-                     engine: str = "", steps_per_call: int = 1) -> dict:
-    """Examples/s of the real step + pipeline, and the (possibly extrapolated) epoch time."""
+                     engine: str = "", steps_per_call: int = 1,
+                     budget_s: float = 20.0) -> dict:
+    """Examples/s of the real step + pipeline, and the (possibly extrapolated) epoch time.
+
+    One pipeline iterator runs through warm-up and every timed repeat, as in
+    ``trainer.fit`` (which opens one for the whole run); each repeat times
+    `steps` consecutive steps (a whole epoch when it has at most
+    min(max_steps, what fits in budget_s) steps), metric sums added on device
+    as the trainer does.
+    """
     from rec_jax.train import step as step_lib
     spec, cfg, pipe, tx, state, side_r, frozen_r, key = _setup_training(
         name, config, data, side, engine)
@@ -273,35 +281,38 @@ def train_throughput(name: str, config, data, side, max_steps: int, repeats: int
     else:
         p_step = step_lib.make_pmapped_step(spec.loss_fn, tx)
     spe = pipe.steps_per_epoch
-    steps = min(spe, max_steps)
-    if steps_per_call > 1:
-        steps = max(steps_per_call, steps // steps_per_call * steps_per_call)
-    warm = 2 * steps_per_call
+    k = steps_per_call
+    # Warm-up: compile, then time 2 calls to size the timed segments.
     t = time.perf_counter()
-    acc = None
-    for batch in pipe.device_batches(0, warm, steps_per_call):  # compile + warm up
+    compile_batches = pipe.device_batches(0, k, k)
+    for batch in compile_batches:
         state, sums = p_step(state, batch, side_r, frozen_r, key)
-        acc = _add(acc, sums)
-    jax.block_until_ready((state, acc))
+    jax.block_until_ready(state)
     compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for batch in pipe.device_batches(k, 3 * k, k):
+        state, sums = p_step(state, batch, side_r, frozen_r, key)
+    jax.block_until_ready(state)
+    probe_step_s = (time.perf_counter() - t) / (2 * k)
+    steps = min(spe, max_steps, max(10, int(budget_s / max(probe_step_s, 1e-6))))
+    steps = max(k, steps // k * k)
+    start = 3 * k
+    batches = pipe.device_batches(start, start + steps * repeats, k)
     times = []
-    start = warm
     for _ in range(repeats):
         t = time.perf_counter()
         acc = None
-        # As trainer.fit: a fresh iterator per run, metric sums added on device.
-        for batch in pipe.device_batches(start, start + steps, steps_per_call):
-            state, sums = p_step(state, batch, side_r, frozen_r, key)
+        for _ in range(steps // k):
+            state, sums = p_step(state, next(batches), side_r, frozen_r, key)
             acc = _add(acc, sums)
         jax.block_until_ready((state, acc))
         times.append(time.perf_counter() - t)
-        start += steps
     loss = float(np.asarray(jax.device_get(acc["loss"]))[0] /
                  max(float(np.asarray(jax.device_get(acc["examples"]))[0]), 1.0))
     med = statistics.median(times)
     return {"model": name, "engine": pipe.engine, "steps_per_call": steps_per_call,
             "global_batch": pipe.global_batch, "steps_per_epoch": spe, "timed_steps": steps,
-            "train_examples": spe * pipe.global_batch, "compile_warmup_s": compile_s,
+            "train_examples": spe * pipe.global_batch, "compile_s": compile_s,
             "seconds": times, "examples_per_s": steps * pipe.global_batch / med,
             "step_ms": 1000 * med / steps, "epoch_s": med * spe / steps,
             "epoch_measured": steps == spe, "loss": loss}
@@ -532,7 +543,9 @@ def serving_bench(config, data, side_fn, repeats: int, k: int = 20) -> dict:
     from rec_jax.models import bert as bert_lib
     from rec_jax.models import registry
     side = side_fn(["mf", "teacher"])
-    out: dict = {"k": k, "num_items": data.num_items}
+    big_repeats = max(2, repeats // 5)  # a 1,024-user teacher call takes seconds on a CPU
+    out: dict = {"k": k, "num_items": data.num_items, "repeats": repeats,
+                 "repeats_1024": big_repeats}
     for name in ("mf", "teacher"):
         parts = registry.parts(name, config, data, side)
         params = parts.init(jax.random.PRNGKey(0))
@@ -544,7 +557,8 @@ def serving_bench(config, data, side_fn, repeats: int, k: int = 20) -> dict:
             users = (np.arange(batch) % data.num_users).astype(np.int32)
             query = parts.make_query(users, "test")
             jax.block_until_ready(rank(params, query, side))
-            out[f"{name}_rank_ms_{batch}"] = median_ms(lambda: rank(params, query, side), repeats)
+            out[f"{name}_rank_ms_{batch}"] = median_ms(lambda: rank(params, query, side),
+                                                       repeats if batch == 1 else big_repeats)
     # The teacher's honest cost: a user's profile text goes through BERT first.
     cfg = config.teacher
     model, variables, tokenizer = bert_lib.load_pretrained(cfg.bert_path or None)
@@ -559,8 +573,8 @@ def serving_bench(config, data, side_fn, repeats: int, k: int = 20) -> dict:
         batch_texts = [texts[u % len(texts)] for u in range(batch)]
         tokens = text_lib.tokenize(tokenizer, batch_texts, cfg.user_text_len)
         jax.block_until_ready(encode(variables, tokens))
-        out[f"teacher_bert_user_text_ms_{batch}"] = median_ms(lambda: encode(variables, tokens),
-                                                              max(3, repeats // 3))
+        out[f"teacher_bert_user_text_ms_{batch}"] = median_ms(
+            lambda: encode(variables, tokens), repeats if batch == 1 else big_repeats)
         out[f"teacher_total_ms_{batch}"] = (out[f"teacher_rank_ms_{batch}"]
                                             + out[f"teacher_bert_user_text_ms_{batch}"])
         out[f"speedup_{batch}"] = out[f"teacher_total_ms_{batch}"] / out[f"mf_rank_ms_{batch}"]
@@ -635,7 +649,10 @@ def markdown(res: dict) -> str:
                     f"{r['global_batch']} | {r['steps_per_epoch']:,} | "
                     f"{_fmt(r['examples_per_s'])} | {r['step_ms']:.2f} | "
                     f"{r['epoch_s']:.2f}{'' if r['epoch_measured'] else '*'} | {prep} |")
-        lines += ["", "`*` epoch time extrapolated from the timed steps."]
+        lines += ["", "`*` epoch time extrapolated from the timed steps. An example is a "
+                  "(user, item, negatives) triple for MF, a rated pair with its sampled "
+                  "negatives for DeepFM, and a user's whole sequence (up to 50 positions, "
+                  "full softmax) for SASRec."]
         growth = res.get("epoch_growth", {})
         if growth:
             lines += ["", "Epoch-time growth exponent (log t / log N, synthetic sizes; 1 = linear): "
@@ -716,6 +733,9 @@ def markdown(res: dict) -> str:
         lines += ["", f"Peak host RSS {mem['host_peak_rss_gib']:.2f} GiB"
                   + (f"; device peak {mem['device_peak_bytes_in_use'] / 2**30:.2f} GiB"
                      if mem.get("device_peak_bytes_in_use") else "")]
+    if res.get("part_seconds"):
+        lines.append("Benchmark seconds by part: " + ", ".join(
+            f"{k} {v:.0f}" for k, v in res["part_seconds"].items()))
     return "\n".join(lines)
 
 
@@ -802,7 +822,7 @@ def main(argv=None) -> dict:
                         help="comma list of ml100k (real) and synthetic 100k,1m,10m")
     parser.add_argument("--out", default="bench_results.json")
     parser.add_argument("--quick", action="store_true",
-                        help="ml100k and 100k only, few repeats (about 2 minutes)")
+                        help="ml-100k only, few repeats (about 2 minutes)")
     parser.add_argument("--parts", default="train,eval,encoder,teacher_step,serving,mesh")
     parser.add_argument("--models", default=",".join(STUDENTS))
     parser.add_argument("--repeats", type=int, default=0, help="0: 5, or 3 with --quick")
@@ -825,12 +845,20 @@ def main(argv=None) -> dict:
         config.teacher.dtype = args.teacher_dtype
     tf_ok = _has_tf() and not args.no_tf
     repeats = args.repeats or (3 if args.quick else 5)
-    sizes = ["ml100k", "100k"] if args.quick else [s for s in args.sizes.split(",") if s]
+    sizes = ["ml100k"] if args.quick else [s for s in args.sizes.split(",") if s]
     parts = set(args.parts.split(","))
     models = [m for m in args.models.split(",") if m]
     res: dict = {"machine": machine_info(), "args": vars(args), "repeats": repeats}
     print(f"machine: {machine_line(res['machine'])}", flush=True)
     t_all = time.time()
+
+    res["part_seconds"] = {}
+    clock = {"part": None, "t": time.time()}
+
+    def mark(part):
+        if clock["part"]:
+            res["part_seconds"][clock["part"]] = time.time() - clock["t"]
+        clock.update(part=part, t=time.time())
 
     data_cache: dict = {}
 
@@ -854,6 +882,7 @@ def main(argv=None) -> dict:
             side_cache[key] = run_lib.build_side(config, data, names)
         return side_cache[key]
 
+    mark("train")
     if "train" in parts:
         res["train"] = {}
         for label in sizes:
@@ -893,6 +922,7 @@ def main(argv=None) -> dict:
             print(f"[train] mf profile: {json.dumps(res['mf_profile'], default=float)[:400]}",
                   flush=True)
 
+    mark("eval")
     if "eval" in parts:
         data, side, _ = get_data("ml100k")
         res["eval"] = eval_throughput(config, data, side, max(repeats, 5),
@@ -900,6 +930,7 @@ def main(argv=None) -> dict:
         print("[eval] " + ", ".join(f"{k}: {v['seconds']:.4f} s" for k, v in res["eval"].items()),
               flush=True)
 
+    mark("encoder")
     if "encoder" in parts:
         try:
             res["encoder"] = encoder_bench(args.quick, 2 if args.quick else 3,
@@ -908,6 +939,7 @@ def main(argv=None) -> dict:
         except FileNotFoundError as e:
             print(f"[encoder] skipped ({e})", flush=True)
 
+    mark("teacher_step")
     if "teacher_step" in parts:
         try:
             data, _, _ = get_data("ml100k")
@@ -917,6 +949,7 @@ def main(argv=None) -> dict:
         except FileNotFoundError as e:
             print(f"[teacher_step] skipped ({e})", flush=True)
 
+    mark("serving")
     if "serving" in parts:
         try:
             data, _, _ = get_data("ml100k")
@@ -925,9 +958,11 @@ def main(argv=None) -> dict:
         except FileNotFoundError as e:
             print(f"[serving] skipped ({e})", flush=True)
 
+    mark("mesh")
     if "mesh" in parts:
         res["mesh_memory"] = mesh_memory()
 
+    mark(None)
     res["memory"] = memory_snapshot()
     res["targets"] = evaluate_targets(res)
     res["machine"]["load_average_end"] = load_average()

@@ -257,22 +257,27 @@ class TrainPipeline:
         return {k: v[lo:lo + local].reshape((self.local_devices, self.per_device_batch)
                                             + v.shape[1:]) for k, v in batch.items()}
 
-    def host_batches(self, start: int, stop: int, steps_per_call: int = 1) -> Iterator[Batch]:
-        """Host batches for steps [start, stop); with steps_per_call=k, k steps
-        stacked on axis 1 per item (the last item holds the remainder)."""
+    def host_batches(self, start: int, stop: int, steps_per_call: int = 1,
+                     align: tuple[int, ...] = ()) -> Iterator[Batch]:
+        """Host batches for steps [start, stop); with steps_per_call=k, up to k
+        steps stacked on axis 1 per item (see `chunk_lengths` for the sizes)."""
+        lengths = chunk_lengths(start, stop, steps_per_call, align)
         if self.engine == "tf":
-            return _stack_steps(_tf_batches(self, start, stop), steps_per_call)
+            return _stack_steps(_tf_batches(self, start, stop), lengths, steps_per_call)
         return _threaded(lambda: _stack_steps((self.host_batch(s) for s in range(start, stop)),
-                                              steps_per_call), self.prefetch)
+                                              lengths, steps_per_call), self.prefetch)
 
-    def device_batches(self, start: int, stop: int, steps_per_call: int = 1) -> Iterator[Batch]:
+    def device_batches(self, start: int, stop: int, steps_per_call: int = 1,
+                       align: tuple[int, ...] = ()) -> Iterator[Batch]:
         """Batches for steps [start, stop), already placed on the local devices.
 
-        steps_per_call=k yields ``[local_devices, k, per_device, ...]`` stacks
-        for ``make_pmapped_multi_step`` (the last one holds the remaining
-        ``(stop - start) % k`` steps when k does not divide the range).
+        steps_per_call=k yields ``[local_devices, n, per_device, ...]`` stacks
+        (n <= k) for ``make_pmapped_multi_step``: a chunk also ends at every
+        multiple of a value in `align` (log / eval / checkpoint intervals) and
+        at `stop`, so a loop that acts at those steps sees them as chunk ends.
         """
-        return prefetch_to_devices(self.host_batches(start, stop, steps_per_call), self.prefetch)
+        return prefetch_to_devices(self.host_batches(start, stop, steps_per_call, align),
+                                   self.prefetch)
 
     def mesh_batches(self, start: int, stop: int, sharding) -> Iterator[Batch]:
         """Global batches for mesh mode: flat [global_batch, ...] arrays with `sharding`.
@@ -334,20 +339,40 @@ def _tf_batches(pipe: TrainPipeline, start: int, stop: int) -> Iterator[Batch]:
     return ds.as_numpy_iterator()
 
 
-def _stack_steps(batches: Iterator[Batch], steps_per_call: int) -> Iterator[Batch]:
-    """Groups consecutive [devices, per_device, ...] batches into [devices, k, per_device, ...]."""
+def chunk_lengths(start: int, stop: int, steps_per_call: int,
+                  align: tuple[int, ...] = ()) -> list[int]:
+    """Step counts of the chunks [start, stop) is cut into for a multi-step call.
+
+    Each chunk has at most `steps_per_call` steps and ends at `stop` and at
+    every multiple of a value in `align`: a run resumed at step 437 with
+    steps_per_call=8 and align=(50,) gets chunks of 8 and 5 (ending at 450),
+    then 8, 8, ... with a short one ending at 500, and so on.
+
+    Example: chunk_lengths(0, 10, 4) == [4, 4, 2];
+    chunk_lengths(3, 12, 4, align=(5,)) == [2, 4, 1, 2].
+    """
     if steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
+    align = tuple(a for a in align if a and a > 0)
+    lengths, step = [], start
+    while step < stop:
+        end = min(stop, step + steps_per_call)
+        for a in align:
+            end = min(end, (step // a + 1) * a)
+        lengths.append(end - step)
+        step = end
+    return lengths
+
+
+def _stack_steps(batches: Iterator[Batch], lengths: list[int],
+                 steps_per_call: int) -> Iterator[Batch]:
+    """Groups [devices, per_device, ...] batches into [devices, n, per_device, ...] chunks."""
     if steps_per_call == 1:
         yield from batches
         return
-    group: list[Batch] = []
-    for batch in batches:
-        group.append(batch)
-        if len(group) == steps_per_call:
-            yield {k: np.stack([b[k] for b in group], axis=1) for k in group[0]}
-            group = []
-    if group:
+    batches = iter(batches)
+    for n in lengths:
+        group = [next(batches) for _ in range(n)]
         yield {k: np.stack([b[k] for b in group], axis=1) for k in group[0]}
 
 

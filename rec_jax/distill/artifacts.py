@@ -35,9 +35,17 @@ VERSION = 1
 
 
 def fingerprint(config) -> str:
-    """Hash of everything that determines the teacher's outputs."""
+    """Hash of everything that determines the teacher and the split it saw.
+
+    The seed enters only when the split depends on it (ratio, cold_items,
+    train_fraction < 1): `loo_time` is the same split for every seed, so one
+    teacher serves students of every seed there.
+    """
     d = config.data
-    key = {"teacher": config.teacher.to_dict(), "seed": config.seed,
+    teacher = config.teacher.to_dict()
+    teacher.pop("cache_dir", None)  # where it is kept, not what it is
+    seeded_split = d.split != "loo_time" or d.train_fraction < 1.0
+    key = {"teacher": teacher, "split_seed": config.seed if seeded_split else None,
            "data": {k: d[k] for k in ("variant", "source_dir", "split", "cold_fraction",
                                       "train_fraction")}}
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]

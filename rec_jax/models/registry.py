@@ -306,7 +306,8 @@ def teacher_module(cfg, data: SplitData, name: str = "teacher",
     return teacher_lib.Teacher(
         data.num_users, data.num_items, len(raw.GENRES), cfg.dim, cfg.max_len, cfg.num_layers,
         cfg.num_heads, cfg.dropout, use_ids=cfg.use_ids and not name.endswith("_textonly"),
-        use_text=cfg.use_text, temperature=cfg.temperature, bert_settings=settings,
+        use_text=cfg.use_text, user_ids=cfg.user_ids, temperature=cfg.temperature,
+        bert_settings=settings,
         text_first_layer=teacher_lib.parse_freeze(cfg.freeze, settings.num_layers),
         dtype=jnp.dtype(cfg.dtype), ffn_mult=cfg.ffn_mult)
 

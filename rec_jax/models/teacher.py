@@ -84,6 +84,7 @@ class Teacher(nn.Module):
       num_layers, num_heads, dropout, ffn_mult: the history transformer.
       use_ids: add ID embeddings to the text vectors.
       use_text: use item / user text at all (False: an ID-only teacher).
+      user_ids: add a user ID embedding to the user tower (with use_ids).
       temperature: ranking logits are divided by it.
       bert_settings: the BERT architecture (needed unless the text is cached).
       text_first_layer: first trainable BERT layer, or None when cached.
@@ -100,6 +101,7 @@ class Teacher(nn.Module):
     dropout: float = 0.2
     use_ids: bool = True
     use_text: bool = True
+    user_ids: bool = True
     temperature: float = 1.0
     bert_settings: bert_lib.BertSettings | None = None
     text_first_layer: int | None = None
@@ -117,7 +119,8 @@ class Teacher(nn.Module):
         if self.use_ids:
             init = nn.initializers.normal(0.02)
             self.item_id = nn.Embed(self.num_items, self.dim, embedding_init=init)
-            self.user_id = nn.Embed(self.num_users, self.dim, embedding_init=init)
+            if self.user_ids:
+                self.user_id = nn.Embed(self.num_users, self.dim, embedding_init=init)
             self.item_bias = self.param("item_bias", nn.initializers.zeros, (self.num_items,))
         self.history = SequenceEncoder(self.dim, self.num_layers, self.num_heads, self.dropout,
                                        self.max_len, self.dtype, self.ffn_mult)
@@ -156,7 +159,7 @@ class Teacher(nn.Module):
         s = 0.0
         if self.use_text:
             s = self.user_text_proj(self._text_vectors(side, "user", deterministic))[users]
-        if self.use_ids:
+        if self.use_ids and self.user_ids:
             s = s + self.user_id(users)
         return s
 

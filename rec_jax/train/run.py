@@ -12,6 +12,8 @@ from their checkpoints, ``all`` runs everything in config order.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -213,14 +215,30 @@ def _finish_teacher(name, spec, cfg, params, side, data, config, folder, result)
     info["artifact_seconds"] = time.time() - t
 
 
+def model_folder(name: str, config, workdir: str) -> str:
+    """Where a model's outputs live: <workdir>/<name>, except a shared teacher.
+
+    With config.teacher.cache_dir set, the teacher lives in
+    <cache_dir>/<fingerprint>/teacher and is trained once for every run with
+    the same teacher config, data and split (grids over student settings).
+    Training is deterministic, so reusing it equals retraining it.
+    """
+    if name == "teacher" and config.teacher.cache_dir:
+        root = os.path.join(os.path.expanduser(config.teacher.cache_dir),
+                            artifacts_lib.fingerprint(config))
+        return os.path.join(root, "teacher")
+    return os.path.join(workdir, name)
+
+
 def teacher_arrays(config, workdir: str) -> dict:
     """The teacher's artifacts (for transfer and fusion, whatever the KD mode)."""
-    return artifacts_lib.load(os.path.join(workdir, "teacher", "artifacts.npz"), config)
+    return artifacts_lib.load(
+        os.path.join(model_folder("teacher", config, workdir), "artifacts.npz"), config)
 
 
 def teacher_bundle(config, data, workdir: str) -> kd_lib.TeacherBundle:
     """The teacher as students reach it: artifacts (cached) or params (online)."""
-    folder = os.path.join(workdir, "teacher")
+    folder = model_folder("teacher", config, workdir)
     cfg = config.teacher
     mode = config.distill.teacher_mode
     if mode == "cached":
@@ -246,7 +264,7 @@ def teacher_bundle(config, data, workdir: str) -> kd_lib.TeacherBundle:
 
 def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
     """Trains (or reuses) one model and returns its results entry."""
-    folder = os.path.join(workdir, name)
+    folder = model_folder(name, config, workdir)
     os.makedirs(folder, exist_ok=True)
     results_path = os.path.join(folder, "results.json")
     if os.path.exists(results_path):
@@ -281,7 +299,10 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
         spec = transfer_lib.with_transfer(spec, family, config.transfer, teacher["item_vec"],
                                           teacher["user_vec"], config.seed)
     valid_eval = Evaluator(data, "valid", config.eval.ks, config.eval.batch_users)
-    fitted = trainer.fit(spec, cfg, side, folder, valid_eval, config.seed, config.progress)
+    seed = config.seed
+    if name.startswith("teacher") and cfg.seed >= 0:
+        seed = cfg.seed
+    fitted = trainer.fit(spec, cfg, side, folder, valid_eval, seed, config.progress)
     train_seconds = time.time() - t0
     result = evaluate_model(name, spec.score_fn, spec.make_query, fitted.params, side, data,
                             config, folder, spec.ctr_logit_fn)
@@ -298,7 +319,7 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
     if name.startswith("teacher"):
         _finish_teacher(name, spec, cfg, fitted.params, side, data, config, folder, result)
     else:
-        logits_path = os.path.join(workdir, "teacher", "test_logits.npz")
+        logits_path = os.path.join(model_folder("teacher", config, workdir), "test_logits.npz")
         if os.path.exists(logits_path):
             with np.load(logits_path) as f:
                 result["test"].update(agreement_lib.agreement(
@@ -311,6 +332,22 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
 # ---------------------------------------------------------------------------
 # The job.
 # ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: str):
+    """One process (of one run) trains a model folder at a time: two grid runs
+    sharing a cached teacher must not train it twice or read it half-written."""
+    if jax.process_index() != 0 and jax.process_count() > 1:
+        yield  # Hosts of one multi-host run train together; process 0 holds the lock.
+        return
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def model_names(config) -> list[str]:
@@ -353,7 +390,8 @@ def run(config, workdir: str, stage: str = "all") -> dict:
 
     results = report.read_results(workdir)
     for name in selected:
-        results[name] = run_model(name, config, data, side, workdir, bundle_fn)
+        with _folder_lock(model_folder(name, config, workdir)):
+            results[name] = run_model(name, config, data, side, workdir, bundle_fn)
         _write_json(os.path.join(workdir, "results.json"), results)
     header = (f"# {os.path.basename(os.path.abspath(workdir))}\n\n"
               f"Data {data.dataset.name}, split `{config.data.split}`, seed {config.seed}; "
