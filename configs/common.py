@@ -155,6 +155,7 @@ def base_config() -> ConfigDict:
     c.data.variant = "100k"  # TFDS builder config: 100k | 1m
     c.data.source_dir = ""  # raw MovieLens folder; "" = the default (recbole wheel for 100k)
     c.data.data_dir = "data"  # prepared TFDS files and arrays, reused across runs
+    c.data.prepared = ""  # a prepared folder to read without raw files or TensorFlow
     c.data.split = "ratio"  # loo_time | ratio | cold_items
     c.data.cold_fraction = 0.1
     c.data.train_fraction = 1.0

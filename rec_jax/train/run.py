@@ -76,7 +76,7 @@ def _read_json(path: str):
 def prepare_data(config, workdir: str) -> interactions.SplitData:
     """Loads the dataset, splits it and writes the split CSVs."""
     d = config.data
-    dataset = dataset_lib.load(d.variant, d.data_dir, d.source_dir or None)
+    dataset = dataset_lib.load(d.variant, d.data_dir, d.source_dir or None, d.prepared or None)
     print(dataset.describe(), flush=True)
     split = splits.make_split(dataset, d.split, config.seed, d.cold_fraction,
                               train_fraction=d.train_fraction)
@@ -109,8 +109,8 @@ def build_side(config, data, names) -> dict:
         settings = bert_lib.BertSettings.from_hf_config(cfg.bert_path or
                                                         bert_lib.default_bert_path())
         d = config.data
-        cache = os.path.join(dataset_lib.prepared_dir(d.data_dir, d.variant, d.source_dir or None),
-                             "text_cache")
+        folder = d.prepared or dataset_lib.prepared_dir(d.data_dir, d.variant, d.source_dir or None)
+        cache = os.path.join(folder, "text_cache")
         t = time.time()
         side.update(text_lib.text_side(data.dataset, cfg.bert_path or None, cfg.item_text_len,
                                        cfg.user_text_len,
