@@ -736,12 +736,44 @@ def report(
         md += ["Fixed overrides: " + ", ".join(fixed), ""]
     if pending:
         md += [f"Runs without results ({len(pending)}): " + ", ".join(pending), ""]
-    (out / "summary.md").write_text("\n".join(md + [table, ""]))
+    gains = _kd_gains(runs, axes, values, split)
+    (out / "summary.md").write_text("\n".join(md + [table, ""] + ([gains, ""] if gains else [])))
 
     plot_metrics = [m for m in (metrics or ("ndcg@10", "auc")) if present(m)]
     _plots(out / "plots", values, axes, short, rows, plot_metrics, split)
     print(table)
+    if gains:
+        print("\n" + gains)
     return table
+
+
+def _kd_gains(runs, axes, values, split: str, metric: str = "ndcg@10") -> str | None:
+    """Markdown: relative gain of `<m>_kd` over `<m>` in the same run, mean ± std.
+
+    Each run pairs its own student with and without distillation (same seed,
+    same split), so the gain is measured within a run and then averaged.
+    """
+    combo = lambda i: tuple(_canon(values[i][axis[0]]) for axis in axes)
+    groups: dict[tuple, list[float]] = {}
+    for i, run in enumerate(runs):
+        for model, rec in run.models.items():
+            if not model.endswith("_kd") or model[:-3] not in run.models:
+                continue
+            kd = _metric(rec, metric, split)
+            base = _metric(run.models[model[:-3]], metric, split)
+            if kd is None or not base:
+                continue
+            groups.setdefault((combo(i), model[:-3]), []).append(kd / base - 1.0)
+    if not groups:
+        return None
+    lines = [f"Relative {split} {metric} gain of distillation (<model>_kd vs <model>, same run):",
+             "", "| " + " | ".join([*("/".join(a) for a in axes), "student", "n", "gain"]) + " |",
+             "|" + "---|" * (len(axes) + 3)]
+    for (key, student), xs in groups.items():
+        mean, std = _stats(xs)
+        cell = f"{100 * mean:+.1f}%" + ("" if std is None else f" ± {100 * std:.1f}%")
+        lines.append("| " + " | ".join([*key, student, str(len(xs)), cell]) + " |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------- plots

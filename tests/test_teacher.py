@@ -1,0 +1,264 @@
+"""The BERT teacher (rec_jax/models/teacher.py): freezing strategies, the
+partially frozen text tower against the real MiniLM, text templates, output
+shapes, ID switches, inductive cold items and optimizer groups.
+
+Model-shape tests use a tiny Teacher on random side tables; only the text
+tower tests load the real MiniLM-L6 (a few item sentences, 16 tokens).
+"""
+
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common
+from rec_jax.data import text as text_lib
+from rec_jax.models import bert as bert_lib
+from rec_jax.models import registry
+from rec_jax.models import teacher as teacher_lib
+from rec_jax.train import optim
+
+TEXT_LEN = 16
+
+# ---------------------------------------------------------------------------
+# Freezing strategies.
+# ---------------------------------------------------------------------------
+
+
+def test_parse_freeze():
+    assert teacher_lib.parse_freeze("encoder", 6) is None
+    assert teacher_lib.parse_freeze("none", 6) == 0
+    assert teacher_lib.parse_freeze("top:2", 6) == 4
+    assert teacher_lib.parse_freeze("top:6", 6) == 0
+    assert teacher_lib.parse_freeze("top:1", 12) == 11
+    for bad in ("top:0", "top:7", "top:x", "top:", "all", "Encoder", ""):
+        with pytest.raises(ValueError, match=r"config\.teacher\.freeze"):
+            teacher_lib.parse_freeze(bad, 6)
+
+
+# ---------------------------------------------------------------------------
+# Text templates.
+# ---------------------------------------------------------------------------
+
+
+def test_text_templates_on_ml100k(ml100k):
+    items, users = text_lib.item_texts(ml100k), text_lib.user_texts(ml100k)
+    assert len(items) == ml100k.num_items and len(users) == ml100k.num_users
+    toy_story = int(np.flatnonzero(ml100k.item_ids == "1")[0])
+    assert items[toy_story] == "Toy Story (1995). Genres: Animation, Children's, Comedy."
+    user_1 = int(np.flatnonzero(ml100k.user_ids == "1")[0])
+    assert users[user_1] == "A 24 year old man, occupation: technician."
+    user_2 = int(np.flatnonzero(ml100k.user_ids == "2")[0])
+    assert users[user_2] == "A 53 year old woman, occupation: other."
+    # ml-100k has one item with unknown title/year/genres ("unknown"): no empty genre list.
+    assert all(", ." not in t and "Genres: ." not in t for t in items)
+
+
+# ---------------------------------------------------------------------------
+# The text tower with the real MiniLM.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """(model, variables, tokenizer) of MiniLM-L6-H384, and a few item sentences."""
+    model, variables, tokenizer = bert_lib.load_pretrained()
+    texts = ["Toy Story (1995). Genres: Animation, Children's, Comedy.",
+             "GoldenEye (1995). Genres: Action, Adventure, Thriller.",
+             "Heat (1995).",
+             "A 24 year old man, occupation: technician."]
+    tokens = text_lib.tokenize(tokenizer, texts, TEXT_LEN)
+    full = model.apply(variables, tokens["input_ids"], tokens["attention_mask"],
+                       tokens["token_type_ids"])["last_hidden_state"]
+    pooled = np.asarray(bert_lib.mean_pool(full, tokens["attention_mask"]))
+    return model, variables, texts, tokens, pooled
+
+
+def _tower(settings, first_layer, inputs):
+    """A text tower initialised randomly, then loaded with pretrained weights."""
+    tower = teacher_lib.TextTower(settings, first_layer)
+    random_params = tower.init(jax.random.PRNGKey(0), inputs, True)["params"]
+    # load_text_tower works on the teacher's tree, where the tower sits under "text".
+    loaded = teacher_lib.load_text_tower({"text": random_params, "other": {"w": jnp.ones(2)}},
+                                         None)
+    assert np.all(np.asarray(loaded["other"]["w"]) == 1)  # the rest is left alone
+    return tower, random_params, loaded["text"]
+
+
+def test_top_k_tower_on_cached_hidden_states_reproduces_bert(minilm, tmp_path):
+    model, _, texts, _, pooled = minilm
+    settings = model.settings
+    n, k = settings.num_layers, 2
+    first = teacher_lib.parse_freeze(f"top:{k}", n)
+    assert first == n - k
+    cached = text_lib.encode_cached(texts, None, TEXT_LEN, first, str(tmp_path), pooled=False)
+    assert cached["hidden"].shape == (len(texts), TEXT_LEN, settings.hidden_size)
+    inputs = {"hidden": cached["hidden"], "attention_mask": cached["attention_mask"]}
+    tower, random_params, params = _tower(settings, first, inputs)
+    # The tower owns exactly the top K layers (no embeddings, no lower layers).
+    assert set(params["bert"]) == {f"layer_{i}" for i in range(first, n)}
+    out = np.asarray(tower.apply({"params": params}, inputs, True))
+    np.testing.assert_allclose(out, pooled, atol=1e-4)
+    # Not a coincidence: the randomly initialised tower is far off.
+    assert np.abs(np.asarray(tower.apply({"params": random_params}, inputs, True))
+                  - pooled).max() > 1e-2
+    # The encoder's own pooled cache (the `encoder` strategy) gives the same vectors.
+    final = text_lib.encode_cached(texts, None, TEXT_LEN, n, str(tmp_path), pooled=True)
+    np.testing.assert_allclose(final["vectors"], pooled, atol=1e-4)
+
+
+def test_none_tower_from_tokens_reproduces_bert(minilm):
+    model, _, _, tokens, pooled = minilm
+    tower, _, params = _tower(model.settings, 0, tokens)
+    assert "embeddings" in params["bert"] and "layer_0" in params["bert"]
+    np.testing.assert_allclose(np.asarray(tower.apply({"params": params}, tokens, True)),
+                               pooled, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# The teacher module on random side tables.
+# ---------------------------------------------------------------------------
+
+U, I, G, D, L, H = 5, 9, 19, 8, 4, 12  # users, items, genres, dim, history, text width
+
+
+def _side(seed=0):
+    rng = np.random.default_rng(seed)
+    seen = np.ones(I, bool)
+    seen[[2, 7]] = False
+    return {"item_text": rng.normal(size=(I, H)).astype(np.float32),
+            "user_text": rng.normal(size=(U, H)).astype(np.float32),
+            "item_seen": seen}
+
+
+def _batch():
+    inputs = np.array([[-1, -1, 0, 1], [3, 4, 5, 6], [-1, 8, 0, 3]], np.int32)
+    targets = np.array([[-1, -1, 1, 2], [4, 5, 6, 8], [-1, 0, 3, 1]], np.int32)
+    return {"user": np.array([0, 3, 4], np.int32), "inputs": inputs, "targets": targets}
+
+
+def _teacher(**kw):
+    args = dict(num_users=U, num_items=I, num_genres=G, dim=D, max_len=L, num_layers=1,
+                num_heads=2, dropout=0.2)
+    args.update(kw)
+    return teacher_lib.Teacher(**args)
+
+
+def test_teacher_output_shapes():
+    module, side, batch = _teacher(), _side(), _batch()
+    params = module.init(jax.random.PRNGKey(0), batch, side)["params"]
+    out = module.apply({"params": params}, batch, side)
+    b = batch["user"].shape[0]
+    assert out["logits"].shape == (b, L, I) and out["logits"].dtype == jnp.float32
+    assert out["ctr_logit"].shape == (b, L)
+    assert out["genre_logits"].shape == (I, G)
+    assert out["user_emb"].shape == (b, D) and out["item_emb"].shape == (I, D)
+    sampled = jnp.array([0, 2, 4, 6, 8])
+    out_s = module.apply({"params": params}, batch, side, sampled=sampled)
+    assert out_s["logits"].shape == (b, L, 1 + 5)
+    # Column 0 is the target's logit, the same as in the full softmax.
+    t = np.where(batch["targets"] >= 0, batch["targets"], 0)
+    np.testing.assert_allclose(out_s["logits"][..., 0],
+                               np.take_along_axis(np.asarray(out["logits"]), t[..., None], -1)[..., 0],
+                               rtol=1e-5, atol=1e-6)
+    query = {"user": batch["user"], "inputs": batch["inputs"]}
+    o = module.apply({"params": params}, query, side, method=teacher_lib.Teacher.outputs_for_users)
+    assert o["user_vec"].shape == (b, D) and o["item_vec"].shape == (I, D)
+    assert o["item_bias"].shape == (I,) and o["logits"].shape == (b, I)
+    assert o["genre_prob"].shape == (I, G)
+    scores = module.apply({"params": params}, query, side, method=teacher_lib.Teacher.score_all)
+    np.testing.assert_allclose(scores, o["logits"], rtol=1e-5, atol=1e-6)
+    # The last position of the training forward is the user vector.
+    np.testing.assert_allclose(out["user_emb"], o["user_vec"], rtol=1e-5, atol=1e-6)
+    ctr = module.apply({"params": params}, query, jnp.array([1, 2, 3]), side,
+                       method=teacher_lib.Teacher.ctr_for_pairs)
+    assert ctr.shape == (b,)
+    # Dropout is on in training mode and off by default.
+    drop = module.apply({"params": params}, batch, side, deterministic=False,
+                        rngs={"dropout": jax.random.PRNGKey(1)})
+    assert np.abs(np.asarray(drop["logits"]) - np.asarray(out["logits"])).max() > 1e-4
+
+
+def test_textonly_teacher_has_no_id_params():
+    side, batch = _side(), _batch()
+    with_ids = _teacher().init(jax.random.PRNGKey(0), batch, side)["params"]
+    assert {"item_id", "user_id", "item_bias"} <= set(with_ids)
+    text_only = _teacher(use_ids=False).init(jax.random.PRNGKey(0), batch, side)["params"]
+    assert not {"item_id", "user_id", "item_bias"} & set(text_only)
+    assert {"item_text_proj", "user_text_proj"} <= set(text_only)
+    no_user_id = _teacher(user_ids=False).init(jax.random.PRNGKey(0), batch, side)["params"]
+    assert "user_id" not in no_user_id and "item_id" in no_user_id
+    with pytest.raises(ValueError, match="text, IDs or both"):
+        _teacher(use_ids=False, use_text=False).init(jax.random.PRNGKey(0), batch, side)
+
+
+def test_registry_textonly_name_drops_ids(ml100k_ratio):
+    cfg = common.teacher_section()
+    assert registry.teacher_module(cfg, ml100k_ratio, "teacher").use_ids
+    assert not registry.teacher_module(cfg, ml100k_ratio, "teacher_textonly").use_ids
+
+
+def test_unseen_items_get_no_id_contribution():
+    module, side, batch = _teacher(), _side(), _batch()
+    params = module.init(jax.random.PRNGKey(0), batch, side)["params"]
+    params = jax.tree.map(lambda x: x, params)
+    params["item_bias"] = jnp.arange(I, dtype=jnp.float32) + 1.0
+
+    def vectors(p):
+        return np.asarray(module.apply({"params": p}, side, method=teacher_lib.Teacher.item_vectors))
+
+    base = vectors(params)
+    # An unseen item is its projected text alone.
+    text_only = np.asarray(module.apply({"params": params}, side["item_text"],
+                                        method=lambda m, t: m.item_text_proj(t)))
+    unseen, seen = ~side["item_seen"], side["item_seen"]
+    np.testing.assert_allclose(base[unseen], text_only[unseen], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(base[seen], text_only[seen] + np.asarray(
+        params["item_id"]["embedding"])[seen], rtol=1e-6, atol=1e-7)
+    # Moving every ID embedding moves seen items only.
+    moved = dict(params, item_id={"embedding": params["item_id"]["embedding"] + 1.0})
+    after = vectors(moved)
+    np.testing.assert_array_equal(after[unseen], base[unseen])
+    assert np.all(np.abs(after[seen] - base[seen]) > 0.5)
+    bias = np.asarray(module.apply({"params": params}, side, method=teacher_lib.Teacher.bias))
+    np.testing.assert_array_equal(bias, np.where(seen, np.arange(I) + 1.0, 0.0))
+
+
+def test_text_tower_params_form_the_encoder_optimizer_group(ml100k_ratio):
+    """registry's label_fn puts the fine-tuned BERT layers in group "encoder"; with
+    Adam the first update is -lr·group_lr·sign(g), so the groups' LRs show."""
+    config = common.base_config()
+    config.teacher.freeze = "top:1"
+    parts = registry.parts("teacher", config, ml100k_ratio, {})
+    assert parts.label_fn is not None
+    # A teacher with a (tiny) top:1 tower, on cached hidden states of random text.
+    settings = bert_lib.BertSettings(vocab_size=30, hidden_size=H, num_layers=2, num_heads=2,
+                                     intermediate_size=16, max_position_embeddings=8)
+    side = _side()
+    rng = np.random.default_rng(0)
+    for kind, n in (("item", I), ("user", U)):
+        side[f"{kind}_hidden"] = rng.normal(size=(n, 3, H)).astype(np.float32)
+        side[f"{kind}_tokens"] = {"attention_mask": np.ones((n, 3), np.int32)}
+    module = _teacher(bert_settings=settings, text_first_layer=1)
+    params = module.init(jax.random.PRNGKey(0), _batch(), side)["params"]
+    flat = flax.traverse_util.flatten_dict(params)
+    labels = {path: parts.label_fn(path) for path in flat}
+    assert {p for p, g in labels.items() if g == "encoder"} == {p for p in flat
+                                                                if p[:2] == ("text", "bert")}
+    assert set(labels.values()) == {"encoder", "heads"}
+
+    cfg = config.teacher.optim
+    assert cfg.group_lr.encoder == 0.1 and cfg.group_lr.heads == 1.0
+    zeros = jax.tree.map(jnp.zeros_like, params)  # no weight decay contribution
+    tx = optim.make_optimizer(cfg, 100, zeros, parts.label_fn)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(zeros), zeros)
+    for path, u in flax.traverse_util.flatten_dict(updates).items():
+        scale = cfg.lr * (0.1 if labels[path] == "encoder" else 1.0)
+        np.testing.assert_allclose(u, -scale, rtol=1e-4, err_msg="/".join(path))
+    # The `encoder` strategy has no text params, hence no groups.
+    config.teacher.freeze = "encoder"
+    assert registry.parts("teacher", config, ml100k_ratio, {}).label_fn is None
