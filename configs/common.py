@@ -97,7 +97,6 @@ def teacher_section() -> ConfigDict:
     c.softmax = "full"  # full | sampled
     c.num_sampled = 512
     c.ctr_threshold = 4.0
-    c.dtype = "float32"  # bfloat16: bf16 compute, fp32 params and losses
     c.loss_weights = ConfigDict(dict(rank=1.0, ctr=0.1, genre=0.1))
     c.artifact_topk = 50
     # "" = the teacher lives in <workdir>/teacher. A folder here shares one
@@ -153,6 +152,7 @@ def base_config() -> ConfigDict:
     c.variants = "plain,kd"
     c.label_fractions = ""  # e.g. "0.1,0.25,0.5": rerun the models on those label shares
     c.progress = "auto"  # auto | bar | off
+    c.dtype = "float32"  # compute dtype of every model; bfloat16: bf16 compute, fp32 params/losses
     c.data = ConfigDict()
     c.data.variant = "100k"  # TFDS builder config: 100k | 1m
     c.data.source_dir = ""  # raw MovieLens folder; "" = the default (recbole wheel for 100k)

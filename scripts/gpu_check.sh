@@ -122,8 +122,8 @@ for name in ("flax", "optax", "orbax.checkpoint", "transformers", "ml_collection
     try:
         m = importlib.import_module(name)
         print(f"  {name:22s} {getattr(m, '__version__', 'present')}")
-    except ImportError:
-        print(f"  {name:22s} MISSING")
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken install
+        print(f"  {name:22s} MISSING ({type(e).__name__})")
 EOF
 
 # -- data: ml-100k arrays where dataset.load looks (no TF, no recbole) ---------

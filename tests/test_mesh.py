@@ -11,6 +11,9 @@ JSON; the tests below assert on them:
 (b) top-K over a row-sharded table (merged per-shard top-Ks) equals the dense
     top-K, known items masked, for random vectors and for the MF of (a);
 (c) the table rows really are split: each device's shard holds I / M rows.
+
+The multi-step pmap (k steps per call through ``lax.scan``) must equal k
+single steps; it runs in this process on the usual 4 devices.
 """
 
 from __future__ import annotations
@@ -224,6 +227,17 @@ def test_item_rows_are_split_across_devices(child):
 # ---------------------------------------------------------------------------
 
 
+def test_chunk_lengths_end_at_alignment_points():
+    from rec_jax.data.pipeline import chunk_lengths
+    assert chunk_lengths(0, 10, 4) == [4, 4, 2]
+    assert chunk_lengths(0, 3, 1) == [1, 1, 1]
+    # Resumed at 437, logging every 50 steps: chunks end at 450 and 500.
+    lengths = chunk_lengths(437, 520, 8, align=(50,))
+    ends = np.cumsum(lengths) + 437
+    assert sum(lengths) == 83 and max(lengths) <= 8
+    assert 450 in ends and 500 in ends and ends[-1] == 520
+
+
 def test_multi_step_equals_single_steps(ml100k_ratio):
     import jax
 
@@ -245,19 +259,21 @@ def test_multi_step_equals_single_steps(ml100k_ratio):
     single = step_lib.make_pmapped_step(spec.loss_fn, tx)
     state_s = step_lib.replicate(step_lib.init_state(params, tx))
     total = 0.0
-    for batch in pipeline.device_batches(0, 5):
+    for batch in pipeline.device_batches(0, 4):
         state_s, sums = single(state_s, batch, side_r, frozen_r, key)
         total += float(step_lib.unreplicate(sums)["loss"])
 
     multi = step_lib.make_pmapped_multi_step(spec.loss_fn, tx)
     state_m = step_lib.replicate(step_lib.init_state(params, tx))
-    chunks = list(pipeline.device_batches(0, 5, steps_per_call=2))
-    assert [c["user"].shape[:2] for c in chunks] == [(4, 2), (4, 2), (4, 1)]
+    chunks = list(pipeline.device_batches(0, 4, steps_per_call=2))
+    assert [c["user"].shape[:3] for c in chunks] == [(4, 2, PER_DEVICE)] * 2
+    host = pipeline.host_batch(3)
+    np.testing.assert_array_equal(np.asarray(chunks[1]["negatives"])[:, 1], host["negatives"])
     total_m = 0.0
     for batch in chunks:
         state_m, sums = multi(state_m, batch, side_r, frozen_r, key)
         total_m += float(step_lib.unreplicate(sums)["loss"])
-    assert int(step_lib.unreplicate(state_m.step)) == 5
+    assert int(step_lib.unreplicate(state_m.step)) == 4
     np.testing.assert_allclose(total_m, total, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(step_lib.unreplicate(state_m.params)),
                     jax.tree.leaves(step_lib.unreplicate(state_s.params))):

@@ -84,14 +84,15 @@ def name_flags(name: str) -> set[str]:
     return flags
 
 
-def fusion_args(name: str, config) -> dict:
-    """Module kwargs that switch on knowledge fusion for `_fusion` models."""
+def module_args(name: str, config) -> dict:
+    """Module kwargs from the run config: compute dtype, and fusion for `_fusion` models."""
+    args = {"dtype": jnp.dtype(config.dtype)}
     if "fusion" not in name_flags(name):
-        return {}
+        return args
     mode = config.enhance.mode
     if mode == "none":
         raise ValueError(f"model {name!r} asks for fusion but config.enhance.mode is 'none'")
-    return {"fusion": mode, "inductive": bool(config.enhance.inductive)}
+    return dict(args, fusion=mode, inductive=bool(config.enhance.inductive))
 
 
 def negative_sampler(data: SplitData, train_cfg) -> NegativeSampler:
@@ -140,9 +141,9 @@ def _dot_at(user, table, bias=None):
 # ---------------------------------------------------------------------------
 
 
-def mf_parts(name: str, cfg, data: SplitData, side: dict, **fusion) -> Parts:
+def mf_parts(name: str, cfg, data: SplitData, side: dict, **module_kw) -> Parts:
     """BPR matrix factorisation."""
-    module = students.MF(data.num_users, data.num_items, cfg.embed_dim, **fusion)
+    module = students.MF(data.num_users, data.num_items, cfg.embed_dim, **module_kw)
     source = PairSource(data, negative_sampler(data, cfg.train), cfg.train.num_negatives)
 
     def hard_fn(params, batch, side, rng):
@@ -173,10 +174,10 @@ def mf_parts(name: str, cfg, data: SplitData, side: dict, **fusion) -> Parts:
 # ---------------------------------------------------------------------------
 
 
-def sasrec_parts(name: str, cfg, data: SplitData, side: dict, **fusion) -> Parts:
+def sasrec_parts(name: str, cfg, data: SplitData, side: dict, **module_kw) -> Parts:
     """SASRec with full-softmax cross-entropy over all items."""
     module = students.SASRec(data.num_items, cfg.embed_dim, cfg.max_len, cfg.num_layers,
-                             cfg.num_heads, cfg.dropout, **fusion)
+                             cfg.num_heads, cfg.dropout, **module_kw)
     source = SequenceSource(data, cfg.max_len)
 
     def hard_fn(params, batch, side, rng):
@@ -207,11 +208,11 @@ def sasrec_parts(name: str, cfg, data: SplitData, side: dict, **fusion) -> Parts
 # ---------------------------------------------------------------------------
 
 
-def deepfm_parts(name: str, cfg, data: SplitData, side: dict, **fusion) -> Parts:
+def deepfm_parts(name: str, cfg, data: SplitData, side: dict, **module_kw) -> Parts:
     """DeepFM trained as a CTR model (label rating >= 4) with sampled unobserved negatives."""
     vocab = tuple(sorted(features_lib.vocab_sizes(side).items()))
     module = students.DeepFM(data.num_users, data.num_items, vocab, len(raw.GENRES),
-                             cfg.embed_dim, tuple(cfg.hidden), cfg.dropout, **fusion)
+                             cfg.embed_dim, tuple(cfg.hidden), cfg.dropout, **module_kw)
     source = CTRSource(data, negative_sampler(data, cfg.train), cfg.ctr_threshold,
                        cfg.train.num_negatives)
 
@@ -251,11 +252,11 @@ def deepfm_parts(name: str, cfg, data: SplitData, side: dict, **fusion) -> Parts
 # ---------------------------------------------------------------------------
 
 
-def teacher_parts(name: str, cfg, data: SplitData, side: dict) -> Parts:
+def teacher_parts(name: str, cfg, data: SplitData, side: dict, dtype=jnp.float32) -> Parts:
     """The BERT teacher; `teacher_textonly` drops the ID embeddings."""
     settings = bert_lib.BertSettings.from_hf_config(cfg.bert_path or bert_lib.default_bert_path())
     first_layer = teacher_lib.parse_freeze(cfg.freeze, settings.num_layers)
-    module = teacher_module(cfg, data, name, settings)
+    module = teacher_module(cfg, data, name, settings, dtype)
     source = SequenceSource(data, cfg.max_len)
     weights = cfg.loss_weights
     if cfg.softmax not in ("full", "sampled"):
@@ -300,7 +301,8 @@ def teacher_parts(name: str, cfg, data: SplitData, side: dict) -> Parts:
 
 
 def teacher_module(cfg, data: SplitData, name: str = "teacher",
-                   settings: bert_lib.BertSettings | None = None) -> teacher_lib.Teacher:
+                   settings: bert_lib.BertSettings | None = None,
+                   dtype=jnp.float32) -> teacher_lib.Teacher:
     settings = settings or bert_lib.BertSettings.from_hf_config(
         cfg.bert_path or bert_lib.default_bert_path())
     return teacher_lib.Teacher(
@@ -309,7 +311,7 @@ def teacher_module(cfg, data: SplitData, name: str = "teacher",
         use_text=cfg.use_text, user_ids=cfg.user_ids, temperature=cfg.temperature,
         bert_settings=settings,
         text_first_layer=teacher_lib.parse_freeze(cfg.freeze, settings.num_layers),
-        dtype=jnp.dtype(cfg.dtype), ffn_mult=cfg.ffn_mult)
+        dtype=dtype, ffn_mult=cfg.ffn_mult)
 
 
 PARTS = {"mf": mf_parts, "sasrec": sasrec_parts, "deepfm": deepfm_parts,
@@ -328,8 +330,8 @@ def parts(name: str, config, data: SplitData, side: dict) -> Parts:
         raise ValueError(f"unknown model {name!r}; known: {sorted(PARTS)} and 'pop'")
     name_flags(name)
     if base == "teacher":
-        return teacher_parts(name, config.teacher, data, side)
-    return PARTS[base](name, model_config(config, name), data, side, **fusion_args(name, config))
+        return teacher_parts(name, config.teacher, data, side, jnp.dtype(config.dtype))
+    return PARTS[base](name, model_config(config, name), data, side, **module_args(name, config))
 
 
 def plain_spec(p: Parts) -> ModelSpec:

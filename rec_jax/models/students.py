@@ -57,6 +57,7 @@ class MF(nn.Module):
     embed_dim: int = 64
     fusion: str = "none"
     inductive: bool = True
+    dtype: Any = jnp.float32
 
     def setup(self):
         self.user_embed = nn.Embed(self.num_users, self.embed_dim, embedding_init=_embed_init)
@@ -82,8 +83,9 @@ class MF(nn.Module):
         return self.item_bias
 
     def score_all(self, query, side, deterministic=True):
-        u = self.user_vectors(query, side, deterministic)
-        return u @ self.item_vectors(side).T + self.bias(side)
+        u = self.user_vectors(query, side, deterministic).astype(self.dtype)
+        scores = u @ self.item_vectors(side).astype(self.dtype).T
+        return scores.astype(jnp.float32) + self.bias(side)
 
     def __call__(self, batch, side, deterministic=True):
         """Scores the batch's positive and negative items.
@@ -98,9 +100,13 @@ class MF(nn.Module):
         items = self.item_vectors(side)
         bias = self.bias(side)
         pos, neg = items[batch["item"]], items[batch["negatives"]]
+        # Products in the compute dtype, accumulated and returned in float32.
+        lo = lambda x: x.astype(self.dtype)
         return {
-            "score": (u * pos).sum(-1) + bias[batch["item"]],
-            "neg_score": jnp.einsum("bd,bnd->bn", u, neg) + bias[batch["negatives"]],
+            "score": (lo(u) * lo(pos)).sum(-1, dtype=jnp.float32) + bias[batch["item"]],
+            "neg_score": jnp.einsum("bd,bnd->bn", lo(u), lo(neg),
+                                    preferred_element_type=jnp.float32)
+                         + bias[batch["negatives"]],
             "user_emb": u,
             "item_emb": pos,
         }
@@ -159,7 +165,9 @@ class SASRec(nn.Module):
         """
         items = self.item_vectors(side)
         states = self.encoder(items, batch["inputs"], deterministic)
-        return {"logits": (states @ items.T).astype(jnp.float32), "user_emb": states[:, -1],
+        logits = jnp.dot(states.astype(self.dtype), items.astype(self.dtype).T,
+                         preferred_element_type=jnp.float32)
+        return {"logits": logits, "user_emb": states[:, -1],
                 "item_emb": items}
 
 
@@ -187,6 +195,7 @@ class DeepFM(nn.Module):
     dropout: float = 0.1
     fusion: str = "none"
     inductive: bool = True
+    dtype: Any = jnp.float32
 
     USER_FIELDS = ("user_age", "user_gender", "user_occupation")
     ITEM_FIELDS = ("item_year",)
@@ -207,10 +216,10 @@ class DeepFM(nn.Module):
         self.item_linear = nn.Embed(self.num_items, 1, embedding_init=nn.initializers.zeros)
         self.genre_linear = nn.Dense(1, use_bias=False, kernel_init=nn.initializers.zeros)
         self.bias = self.param("bias", nn.initializers.zeros, ())
-        self.mlp_user = nn.Dense(self.hidden[0], use_bias=False)
-        self.mlp_item = nn.Dense(self.hidden[0])
-        self.mlp = [nn.Dense(h) for h in self.hidden[1:]]
-        self.mlp_out = nn.Dense(1)
+        self.mlp_user = nn.Dense(self.hidden[0], use_bias=False, dtype=self.dtype)
+        self.mlp_item = nn.Dense(self.hidden[0], dtype=self.dtype)
+        self.mlp = [nn.Dense(h, dtype=self.dtype) for h in self.hidden[1:]]
+        self.mlp_out = nn.Dense(1, dtype=self.dtype)
         self.drop = nn.Dropout(self.dropout)
         if self.fusion != "none":
             self.fuse = ItemFusion(d, self.fusion, self.inductive)
@@ -260,7 +269,7 @@ class DeepFM(nn.Module):
         h = self.drop(nn.relu(h), deterministic=deterministic)
         for layer in self.mlp:
             h = self.drop(nn.relu(layer(h)), deterministic=deterministic)
-        deep = self.mlp_out(h)[..., 0]
+        deep = self.mlp_out(h)[..., 0].astype(jnp.float32)
         return self.bias + ufirst + vfirst + second + deep
 
     def pair_logits(self, users, items, side, deterministic=True):

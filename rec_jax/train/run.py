@@ -252,7 +252,7 @@ def teacher_bundle(config, data, workdir: str) -> kd_lib.TeacherBundle:
     artifacts_lib.load(os.path.join(folder, "artifacts.npz"), config)
     with open(path, "rb") as f:
         params = flax.serialization.msgpack_restore(f.read())
-    module = registry.teacher_module(cfg, data)
+    module = registry.teacher_module(cfg, data, dtype=jax.numpy.dtype(config.dtype))
     return kd_lib.TeacherBundle(mode, cfg.dim, cfg.max_len, cfg.temperature, module=module,
                                 params=params)
 

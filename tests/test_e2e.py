@@ -1,0 +1,103 @@
+"""One end-to-end smoke run of the main job on its `tiny` config (STYLE 9).
+
+    python -m rec_jax.main --config=configs/ml100k_distill.py:tiny --workdir=W
+
+as a subprocess on one CPU device (ml-100k and the BERT text cache come from
+the repo's data/ folder), then `--stage=eval` on the same workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from conftest import DATA_DIR, REPO_ROOT, subprocess_env
+
+MODELS = ("teacher", "mf", "mf_kd", "sasrec", "sasrec_kd", "deepfm", "deepfm_kd")
+ARTIFACT_KEYS = {"user_vec", "item_vec", "item_bias", "topk_items", "topk_scores", "ctr_prob",
+                 "genre_prob", "version", "fingerprint", "temperature"}
+RANKING = ("ndcg@10", "recall@10", "hr@10", "mrr@10", "ndcg@20", "recall@20")
+
+
+def _main(workdir, *extra):
+    cmd = [sys.executable, "-m", "rec_jax.main", "--config=configs/ml100k_distill.py:tiny",
+           f"--workdir={workdir}", "--config.progress=off", f"--config.data.data_dir={DATA_DIR}",
+           *extra]
+    t = time.time()
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(1), capture_output=True,
+                          text=True, timeout=1500)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n" \
+                                 f"{proc.stderr[-5000:]}"
+    print(f"\n{' '.join(cmd[2:])}: {time.time() - t:.0f} s")
+    return proc.stdout
+
+
+def _read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_main_job_tiny_end_to_end(tmp_path):
+    workdir = str(tmp_path / "distill")
+    stdout = _main(workdir)
+
+    # --------------------------------------------------------------- results
+    results = _read(os.path.join(workdir, "results.json"))
+    assert set(results) == set(MODELS)
+    for name in MODELS:
+        entry = results[name]
+        assert {"valid", "test", "info"} <= set(entry), name
+        for part in ("valid", "test"):
+            for metric in RANKING:
+                assert 0.0 <= entry[part][metric] <= 1.0, (name, part, metric)
+            assert entry[part]["recall@10"] <= entry[part]["recall@20"] + 1e-9
+        assert entry["info"]["num_params"] > 0 and entry["info"]["score_ms_per_user"] > 0
+        assert entry == _read(os.path.join(workdir, name, "results.json"))
+        assert os.path.exists(os.path.join(workdir, name, "recs_test.csv"))
+    # The tiny teacher is barely trained, but the students must have learned something.
+    assert results["mf"]["test"]["ndcg@10"] > 0
+    for name in MODELS[1:]:
+        if name.endswith("_kd"):
+            test = results[name]["test"]
+            assert 0.0 <= test["agree/top10_overlap"] <= 1.0, name
+            assert np.isfinite(test["agree/kl"]) and test["agree/kl"] >= 0, name
+            # A KD student serves with its student params only: same size as the plain one.
+            assert (results[name]["info"]["num_params"]
+                    == results[name[:-3]]["info"]["num_params"]), name
+    for name in ("deepfm", "deepfm_kd", "teacher"):
+        test = results[name]["test"]
+        assert 0.0 <= test["auc"] <= 1.0 and test["logloss"] > 0, name
+    assert results["teacher"]["info"]["num_params"] > 10 * results["mf"]["info"]["num_params"]
+
+    # ---------------------------------------------------------------- report
+    with open(os.path.join(workdir, "report.md")) as f:
+        report = f.read()
+    assert "| model |" in report and "NDCG@10" in report
+    for name in MODELS:
+        assert f"| {name} |" in report, name
+    assert "| teacher |" in stdout  # the table is printed at the end too
+
+    # ------------------------------------------------------ teacher artifacts
+    with np.load(os.path.join(workdir, "teacher", "artifacts.npz")) as f:
+        assert set(f.files) == ARTIFACT_KEYS
+        assert f["user_vec"].shape[0] == 943 and f["item_vec"].shape[0] == 1682
+        assert f["topk_items"].shape == (943, 50)
+    assert os.path.exists(os.path.join(workdir, "COMPLETE"))
+
+    # --------------------------------------------------------- re-evaluation
+    before = {n: os.stat(os.path.join(workdir, n, "results.json")).st_mtime_ns for n in MODELS}
+    _main(workdir, "--stage=eval")
+    again = _read(os.path.join(workdir, "results.json"))
+    assert set(again) == set(MODELS)
+    for name in MODELS:
+        assert os.stat(os.path.join(workdir, name, "results.json")).st_mtime_ns > before[name]
+        for metric, value in results[name]["test"].items():
+            np.testing.assert_allclose(again[name]["test"][metric], value, rtol=1e-6,
+                                       err_msg=f"{name} {metric}")
+        # Training was not redone: the same best checkpoint was evaluated.
+        assert again[name]["info"]["best_step"] == results[name]["info"]["best_step"]
