@@ -26,7 +26,7 @@ Parts (``--parts``, default all):
 * ``encoder``: teacher BERT items/s forward and forward+backward, fp32 and
   bf16 (``rec_jax.bench_encoder``), with FLOPs from XLA's cost analysis.
 * ``teacher_step``: the teacher's train step (``--teacher_freeze``,
-  ``--teacher_dtype``): step time, XLA FLOPs per step, achieved FLOP/s and
+  ``--dtype``): step time, XLA FLOPs per step, achieved FLOP/s and
   its fraction of the device's peak (GPUs with a known peak).
 * ``serving``: latency of ranking the whole catalogue (scores + top 20) for
   1 and 1,024 users, MF vs the teacher; the teacher's per-user cost includes
@@ -180,7 +180,7 @@ def synthetic_source(label: str, data_dir: str) -> str:
 
 
 def load_size(label: str, data_dir: str, allow_prepare: bool,
-              ml100k_source: str | None = None) -> tuple[Any, dict]:
+              prepared: str | None = None) -> tuple[Any, dict]:
     """The dataset of a size label, generating and preparing it through TFDS once.
 
     Returns:
@@ -193,7 +193,7 @@ def load_size(label: str, data_dir: str, allow_prepare: bool,
     info: dict = {"label": label}
     if SIZES[label] is None:  # The real ml-100k (RecBole wheel).
         t = time.time()
-        ds = dataset_lib.load("100k", data_dir, ml100k_source or None)
+        ds = dataset_lib.load("100k", data_dir, None, prepared or None)
         info["load_seconds"] = time.time() - t
         return ds, info
     source = synthetic_source(label, data_dir)
@@ -255,6 +255,7 @@ def _setup_training(name: str, config, data, side, engine: str, seed: int = 0):
     params = spec.init(init_key)
     tx = optim.make_optimizer(cfg.optim, 10 * pipe.steps_per_epoch, params, spec.label_fn)
     state = step_lib.replicate(step_lib.init_state(params, tx))
+    spec.num_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
     return spec, cfg, pipe, tx, state, step_lib.replicate(side), \
         step_lib.replicate(spec.frozen), step_key
 
@@ -299,22 +300,25 @@ def train_throughput(name: str, config, data, side, max_steps: int, repeats: int
     steps = max(k, steps // k * k)
     start = 3 * k
     batches = pipe.device_batches(start, start + steps * repeats, k)
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         acc = None
         for _ in range(steps // k):
             state, sums = p_step(state, next(batches), side_r, frozen_r, key)
             acc = _add(acc, sums)
         jax.block_until_ready((state, acc))
         times.append(time.perf_counter() - t)
+        cpu_times.append(time.process_time() - c)
     loss = float(np.asarray(jax.device_get(acc["loss"]))[0] /
                  max(float(np.asarray(jax.device_get(acc["examples"]))[0]), 1.0))
     med = statistics.median(times)
     return {"model": name, "engine": pipe.engine, "steps_per_call": steps_per_call,
-            "global_batch": pipe.global_batch, "steps_per_epoch": spe, "timed_steps": steps,
+            "num_params": spec.num_params, "global_batch": pipe.global_batch, "steps_per_epoch": spe, "timed_steps": steps,
             "train_examples": spe * pipe.global_batch, "compile_s": compile_s,
             "seconds": times, "examples_per_s": steps * pipe.global_batch / med,
+            # Process CPU time (all threads): steadier than wall time on a shared machine.
+            "examples_per_cpu_s": steps * pipe.global_batch / statistics.median(cpu_times),
             "step_ms": 1000 * med / steps, "epoch_s": med * spe / steps,
             "epoch_measured": steps == spe, "loss": loss}
 
@@ -523,7 +527,7 @@ def teacher_step_bench(config, data, side_fn, repeats: int, steps: int = 10) -> 
     kind = jax.devices()[0].device_kind
     peak = peak_flops(kind)
     examples = float(np.mean([np.sum(np.asarray(b["targets"]) >= 0) for b in batches]))
-    out = {"freeze": cfg.freeze, "dtype": cfg.dtype, "batch_per_device": pipe.per_device_batch,
+    out = {"freeze": cfg.freeze, "dtype": config.dtype, "batch_per_device": pipe.per_device_batch,
            "step_ms": ms, "compile_s": compile_s, "flops_per_step": flops,
            "target_positions_per_step": examples,
            "achieved_flops_per_s": flops / (ms / 1000) if flops else None,
@@ -551,7 +555,6 @@ def serving_bench(config, data, side_fn, repeats: int, k: int = 20) -> dict:
     from rec_jax.models import registry
     config = copy.deepcopy(config)
     config.teacher.freeze = "encoder"
-    config.teacher.dtype = "float32"
     side = side_fn(["mf", "teacher"], config)
     big_repeats = max(2, repeats // 5)  # a 1,024-user teacher call takes seconds on a CPU
     out: dict = {"k": k, "num_items": data.num_items, "repeats": repeats,
@@ -642,9 +645,9 @@ def markdown(res: dict) -> str:
     train = res.get("train")
     if train:
         lines += ["### Student training (real step + pipeline, median after compile)", "",
-                  "| data | interactions | train ex. | model | batch | steps/epoch | ex/s | "
-                  "ms/step | s/epoch | data prep |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| data | interactions | train ex. | model | params | batch | steps/epoch | "
+                  "ex/s | ex/CPU-s | ms/step | s/epoch | data prep |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for label, entry in train.items():
             d = entry["data"]
             prep = (f"TFDS {d['tfds_prepare_seconds']:.0f} s "
@@ -652,12 +655,14 @@ def markdown(res: dict) -> str:
                     if d.get("tfds_prepare_seconds") else f"load {d.get('load_seconds', 0):.1f} s")
             for r in entry["models"].values():
                 if "error" in r:
-                    lines.append(f"| {label} | | | {r['model']} | | | error: {r['error']} | | | |")
+                    lines.append(f"| {label} | | | {r['model']} | | | | error: {r['error']} "
+                                 "| | | | |")
                     continue
                 lines.append(
                     f"| {label} | {d['interactions']:,} | {r['train_examples']:,} | {r['model']} | "
-                    f"{r['global_batch']} | {r['steps_per_epoch']:,} | "
-                    f"{_fmt(r['examples_per_s'])} | {r['step_ms']:.2f} | "
+                    f"{r.get('num_params', 0) / 1e6:.2f}M | {r['global_batch']} | {r['steps_per_epoch']:,} | "
+                    f"{_fmt(r['examples_per_s'])} | {_fmt(r.get('examples_per_cpu_s'))} | "
+                    f"{r['step_ms']:.2f} | "
                     f"{r['epoch_s']:.2f}{'' if r['epoch_measured'] else '*'} | {prep} |")
         lines += ["", "`*` epoch time extrapolated from the timed steps. An example is a "
                   "(user, item, negatives) triple for MF, a rated pair with its sampled "
@@ -856,23 +861,25 @@ def main(argv=None) -> dict:
     parser.add_argument("--config", default="",
                         help="config file[:arg] for model settings (default configs.common."
                              "base_config()); its data.split is used for ml100k")
-    parser.add_argument("--ml100k_source", default="",
-                        help="raw ml-100k folder when the recbole wheel is absent")
+    parser.add_argument("--prepared", default="",
+                        help="a prepared ml-100k folder (arrays.npz) to read as is, without "
+                             "raw files or TF (config.data.prepared)")
     parser.add_argument("--bert_path", default="")
     parser.add_argument("--teacher_freeze", default="")
-    parser.add_argument("--teacher_dtype", default="")
+    parser.add_argument("--dtype", default="",
+                        help="config.dtype: compute dtype of every model (float32 | bfloat16)")
     args = parser.parse_args(argv)
 
     config = load_config(args.config)
     config.data.data_dir = args.data_dir
-    if args.ml100k_source:
-        config.data.source_dir = args.ml100k_source
+    if args.prepared:
+        config.data.prepared = args.prepared
     if args.bert_path:
         config.teacher.bert_path = args.bert_path
     if args.teacher_freeze:
         config.teacher.freeze = args.teacher_freeze
-    if args.teacher_dtype:
-        config.teacher.dtype = args.teacher_dtype
+    if args.dtype:
+        config.dtype = args.dtype
     tf_ok = _has_tf() and not args.no_tf
     repeats = args.repeats or (3 if args.quick else 5)
     sizes = ["ml100k"] if args.quick else [s for s in args.sizes.split(",") if s]
@@ -885,9 +892,17 @@ def main(argv=None) -> dict:
     res["part_seconds"] = {}
     clock = {"part": None, "t": time.time()}
 
+    out = os.path.abspath(args.out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+
     def mark(part):
+        """Ends the running part: records its time and saves what is known so far
+        (a run stopped by a timeout still leaves the finished parts)."""
         if clock["part"]:
             res["part_seconds"][clock["part"]] = time.time() - clock["t"]
+            with open(out + ".tmp", "w") as f:
+                json.dump(res, f, indent=1, default=float)
+            os.replace(out + ".tmp", out)
         clock.update(part=part, t=time.time())
 
     data_cache: dict = {}
@@ -895,7 +910,7 @@ def main(argv=None) -> dict:
     def get_data(label):
         if label not in data_cache:
             ds, info = load_size(label, args.data_dir, allow_prepare=tf_ok,
-                                 ml100k_source=args.ml100k_source)
+                                 prepared=args.prepared)
             # Synthetic sizes: the ratio split; ml-100k: the config's split.
             split = config.data.split if label == "ml100k" else "ratio"
             data, side, split_s = split_data(ds, split, config.seed)
@@ -1001,8 +1016,6 @@ def main(argv=None) -> dict:
     res["targets"] = evaluate_targets(res)
     res["machine"]["load_average_end"] = load_average()
     res["bench_seconds"] = time.time() - t_all
-    out = os.path.abspath(args.out)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
     png = plot_epochs(res, os.path.splitext(out)[0] + "_epoch.png")
     if png:
         res["plot"] = png

@@ -11,7 +11,8 @@ A grid is data (in the spirit of big_vision sweeps). `experiments/<name>.py`:
     return ex.product({"distill.temperature": [1, 4] if tiny else [1, 2, 4, 8]},
                       ex.seeds(2 if tiny else 3))
 
-`get_grid(arg)` returns override dicts (dotted config key -> value). The
+`get_grid(arg)` returns override dicts (dotted config key -> value); an
+optional module-level `FIXED` dict is added to every run without naming it. The
 launcher's `--arg` goes both to `get_grid(arg)` and to the base config
 (`configs/ml100k_distill.py:tiny`), so one word shrinks the grid and each run.
 
@@ -241,6 +242,9 @@ def expand(
     """
     config = grid.BASE_CONFIG + (f":{arg}" if arg else "")
     points = grid.get_grid(arg)
+    # FIXED: overrides every run shares (e.g. a teacher cache); they are part
+    # of each command but not of the run names.
+    fixed = dict(getattr(grid, "FIXED", {}))
     runs = []
     for name, overrides in zip(run_names(points), points):
         # String join, not Path: the root may be a bucket (gs://...) on TPU VMs.
@@ -248,7 +252,7 @@ def expand(
         args = (
             f"--config={config}",
             f"--workdir={workdir}",
-            *(f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()),
+            *(f"--config.{k}={_flag_value(v)}" for k, v in {**fixed, **overrides}.items()),
             *extra_args,
         )
         runs.append(Run(name, dict(overrides), workdir, args))

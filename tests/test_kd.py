@@ -40,13 +40,12 @@ def _config():
     return config
 
 
-@pytest.fixture(scope="module")
-def setup(ml100k_ratio):
+def _make_setup(data):
     """(config, data, side, teacher parts, teacher params, artifacts, bundles)."""
-    config, data = _config(), ml100k_ratio
+    config = _config()
     side = run_lib.build_side(config, data, ["teacher"])  # frozen-BERT text tables (cached)
     teacher = registry.parts("teacher", config, data, side)
-    params = teacher.init(jax.random.PRNGKey(0))
+    params = jax.jit(teacher.init)(jax.random.PRNGKey(0))  # jit: faster than eager init here
     arrays = artifacts_lib.compute(teacher.module, params, side, data, teacher.make_query,
                                    ARTIFACT_TOPK)
     dim, max_len, temp = config.teacher.dim, config.teacher.max_len, config.teacher.temperature
@@ -57,6 +56,11 @@ def setup(ml100k_ratio):
     }
     return dict(config=config, data=data, side=side, teacher=teacher, params=params,
                 arrays=arrays, bundles=bundles)
+
+
+@pytest.fixture(scope="module")
+def setup(ml100k_ratio):
+    return _make_setup(ml100k_ratio)
 
 
 def _spec(setup, family, mode, config=None):
@@ -113,7 +117,7 @@ def test_cached_and_online_give_same_loss_and_gradients(setup, family):
     results = {}
     for mode in ("cached", "online"):
         spec, kside = _spec(setup, family, mode)
-        params = spec.init(jax.random.PRNGKey(1))
+        params = jax.jit(spec.init)(jax.random.PRNGKey(1))
         batch = _batch(spec)
         # Gradients w.r.t. the student (arg 0) and the frozen teacher (arg 3).
         fn = jax.jit(jax.value_and_grad(spec.loss_fn, argnums=(0, 3), has_aux=True))
@@ -142,7 +146,7 @@ def test_teacher_params_stay_out_of_the_state_and_unchanged(setup):
     """A few pmapped steps (4 fake devices) in online mode: the teacher enters
     as `frozen`, is not in the train state and is bitwise the same afterwards."""
     spec, kside = _spec(setup, "mf", "online")
-    params = spec.init(jax.random.PRNGKey(1))
+    params = jax.jit(spec.init)(jax.random.PRNGKey(1))
     assert set(params) == {"student", "kd"}
     teacher_before = jax.tree.map(lambda x: np.array(x, copy=True), setup["params"])
     tx = optim.make_optimizer(setup["config"].model.mf.optim, 10)
@@ -171,7 +175,7 @@ def test_zero_alpha_removes_its_term(setup, term):
     distillation terms) the term's sum leaves the step's metrics."""
     key = jax.random.PRNGKey(2)
     spec, kside = _spec(setup, "mf", "cached")
-    params = spec.init(jax.random.PRNGKey(1))
+    params = jax.jit(spec.init)(jax.random.PRNGKey(1))
     batch = _batch(spec)
     full_loss, full_sums = spec.loss_fn(params, batch, kside, None, key)
     config = copy.deepcopy(setup["config"])

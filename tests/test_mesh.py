@@ -39,7 +39,6 @@ PER_DEVICE = 32
 
 def _child(data_dir: str) -> dict:
     import jax
-    import jax.numpy as jnp
 
     from configs import common
     from rec_jax.data import dataset as dataset_lib

@@ -295,14 +295,11 @@ def test_fused_mf_scores_cold_items_from_their_teacher_vectors(mode):
 
 def test_fused_deepfm_and_sasrec_item_vectors_for_cold_items():
     side = _fusion_side()
-    side.update(item_genres=np.eye(NI, 19, dtype=np.float32),
-                item_year=np.arange(NI, dtype=np.int32) % 3,
-                user_age=np.zeros(NU, np.int32), user_gender=np.zeros(NU, np.int32),
-                user_occupation=np.zeros(NU, np.int32))
     vocab = (("item_year", 3), ("user_age", 1), ("user_gender", 1), ("user_occupation", 1))
     deepfm = students.DeepFM(NU, NI, vocab, 19, 4, (8,), fusion="gated")
-    batch = {"user": np.array([0, 1]), "item": np.array([3, 4]), "negatives": np.array([[8], [0]])}
-    params = deepfm.init(jax.random.PRNGKey(0), batch, side)["params"]
+    # Initialised through the item field alone: only its tables are created.
+    params = deepfm.init(jax.random.PRNGKey(0), np.arange(NI), side,
+                         method=students.DeepFM.item_id_vectors)["params"]
     vecs = np.asarray(deepfm.apply({"params": params}, np.arange(NI), side,
                                    method=students.DeepFM.item_id_vectors))
     projected = _projected(params["fuse"], side["fusion_text"])
@@ -311,8 +308,8 @@ def test_fused_deepfm_and_sasrec_item_vectors_for_cold_items():
     assert np.all(np.abs(vecs[~cold] - projected[~cold]).max(-1) > 1e-4)
 
     sasrec = students.SASRec(NI, 4, max_len=3, num_layers=1, num_heads=1, fusion="add")
-    seq = {"inputs": np.array([[-1, 0, 1]], np.int32)}
-    params = sasrec.init(jax.random.PRNGKey(0), seq, side)["params"]
+    params = sasrec.init(jax.random.PRNGKey(0), side,
+                         method=students.SASRec.item_vectors)["params"]
     table = np.asarray(sasrec.apply({"params": params}, side,
                                     method=students.SASRec.item_vectors))
     projected = _projected(params["fuse"], side["fusion_text"])

@@ -46,14 +46,14 @@ import numpy as np
 Array = jax.Array
 Dtype = Any
 
-# Activations we can reproduce exactly; anything else must fail loudly instead of
-# silently changing the network.
 def _gelu_exact(x: Array) -> Array:
     # The erf form torch uses. jax.nn.gelu(approximate=False) goes through erfc,
     # whose piecewise XLA expansion is slower, notably in the backward pass.
     return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(math.sqrt(0.5), x.dtype)))
 
 
+# Activations we can reproduce exactly; anything else must fail loudly instead of
+# silently changing the network.
 _ACTIVATIONS = {
     "gelu": _gelu_exact,
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
