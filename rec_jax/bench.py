@@ -2,9 +2,8 @@
 
     python -m rec_jax.bench [--sizes ml100k,100k,1m,10m] [--out FILE.json] [--quick]
 
-prints a Markdown table and writes the JSON (default ``workdir/bench/results.json``)
-and, next to it, ``<out>_epoch.png``: time per epoch versus data size with a
-linear reference. Every figure
+prints a Markdown table and writes the JSON (and ``<out>_epoch.png``, time
+per epoch versus data size with a linear reference) next to it. Every figure
 is a median over repeats after compilation; the machine (cores, device kind,
 load average) is recorded, because on a shared machine the load moves wall
 times by tens of percent.
@@ -546,19 +545,10 @@ def teacher_step_bench(config, data, side_fn, repeats: int, steps: int = 10) -> 
 def serving_bench(config, data, side_fn, repeats: int, k: int = 20) -> dict:
     """Latency of ranking the full catalogue (scores + top k), MF vs the teacher.
 
-    Two call forms, each a median after compilation:
-
-    * ``args``: ``jit(fn)(params, query, side)``, as ``run.serving_ms`` times
-      it (every parameter and side table crosses the call boundary);
-    * ``served``: weights and side tables closed over (loaded once, as a
-      server holds them), only the request (user ids, and the history for
-      the teacher) passed per call.
-
     The teacher serves with its item-text vectors computed offline (the
-    frozen-encoder form, whatever `teacher.freeze` trained it: a fine-tuned
-    BERT's item vectors are precomputed the same way), while a user's profile
-    text is encoded by BERT per request and timed separately and added
-    (``run.bert_user_text_ms``'s honest cost).
+    frozen-encoder form, whatever `teacher.freeze` trained it): a fine-tuned
+    BERT's item vectors are precomputed the same way, while a user's profile
+    text is encoded per request and timed separately.
     """
     from rec_jax.data import text as text_lib
     from rec_jax.models import bert as bert_lib
@@ -571,47 +561,36 @@ def serving_bench(config, data, side_fn, repeats: int, k: int = 20) -> dict:
                  "repeats_1024": big_repeats}
     for name in ("mf", "teacher"):
         parts = registry.parts(name, config, data, side)
-        params = jax.device_put(parts.init(jax.random.PRNGKey(0)))
-        side_d = jax.device_put(side)
+        params = parts.init(jax.random.PRNGKey(0))
 
         @jax.jit
         def rank(params, query, side, score_fn=parts.score_fn):
             return jax.lax.top_k(score_fn(params, query, side), k)
-
-        @jax.jit
-        def served(query, score_fn=parts.score_fn, params=params, side=side_d):
-            return jax.lax.top_k(score_fn(params, query, side), k)
         for batch in (1, 1024):
             users = (np.arange(batch) % data.num_users).astype(np.int32)
             query = parts.make_query(users, "test")
-            n = repeats if batch == 1 else big_repeats
-            jax.block_until_ready(rank(params, query, side_d))
-            out[f"{name}_args_ms_{batch}"] = median_ms(lambda: rank(params, query, side_d), n)
-            jax.block_until_ready(served(query))
-            out[f"{name}_rank_ms_{batch}"] = median_ms(lambda: served(query), n)
+            jax.block_until_ready(rank(params, query, side))
+            out[f"{name}_rank_ms_{batch}"] = median_ms(lambda: rank(params, query, side),
+                                                       repeats if batch == 1 else big_repeats)
     # The teacher's honest cost: a user's profile text goes through BERT first.
     cfg = config.teacher
     model, variables, tokenizer = bert_lib.load_pretrained(cfg.bert_path or None)
-    variables = jax.device_put(variables)
     texts = text_lib.user_texts(data.dataset)
 
     @jax.jit
-    def encode(tokens):
+    def encode(variables, tokens):
         h = model.apply(variables, tokens["input_ids"], tokens["attention_mask"],
                         tokens["token_type_ids"])["last_hidden_state"]
         return bert_lib.mean_pool(h, tokens["attention_mask"])
     for batch in (1, 1024):
         batch_texts = [texts[u % len(texts)] for u in range(batch)]
         tokens = text_lib.tokenize(tokenizer, batch_texts, cfg.user_text_len)
-        jax.block_until_ready(encode(tokens))
+        jax.block_until_ready(encode(variables, tokens))
         out[f"teacher_bert_user_text_ms_{batch}"] = median_ms(
-            lambda: encode(tokens), repeats if batch == 1 else big_repeats)
-        for form in ("rank", "args"):
-            total = out[f"teacher_{form}_ms_{batch}"] + out[f"teacher_bert_user_text_ms_{batch}"]
-            out[f"teacher_total_{form}_ms_{batch}"] = total
-            out[f"speedup_{form}_{batch}"] = total / out[f"mf_{form}_ms_{batch}"]
-        out[f"teacher_total_ms_{batch}"] = out[f"teacher_total_rank_ms_{batch}"]
-        out[f"speedup_{batch}"] = out[f"speedup_rank_{batch}"]
+            lambda: encode(variables, tokens), repeats if batch == 1 else big_repeats)
+        out[f"teacher_total_ms_{batch}"] = (out[f"teacher_rank_ms_{batch}"]
+                                            + out[f"teacher_bert_user_text_ms_{batch}"])
+        out[f"speedup_{batch}"] = out[f"teacher_total_ms_{batch}"] / out[f"mf_rank_ms_{batch}"]
     return out
 
 
@@ -741,18 +720,13 @@ def markdown(res: dict) -> str:
     sv = res.get("serving")
     if sv:
         lines += ["", f"### Serving: rank all {sv['num_items']:,} items (scores + top {sv['k']})",
-                  "", "| users | call form | MF ms | teacher ms (rank + BERT profile text) | "
-                  "speedup |", "|---|---|---|---|---|"]
+                  "", "| users | MF ms | teacher ms (rank + BERT profile text) | speedup |",
+                  "|---|---|---|---|"]
         for b in (1, 1024):
-            for form, label in (("rank", "served (weights held)"), ("args", "jit(params, ...)")):
-                if f"mf_{form}_ms_{b}" not in sv:
-                    continue
-                lines.append(
-                    f"| {b} | {label} | {sv[f'mf_{form}_ms_{b}']:.3f} | "
-                    f"{sv[f'teacher_total_{form}_ms_{b}']:.2f} "
-                    f"({sv[f'teacher_{form}_ms_{b}']:.2f} + "
-                    f"{sv[f'teacher_bert_user_text_ms_{b}']:.2f}) | "
-                    f"{sv[f'speedup_{form}_{b}']:.0f}x |")
+            lines.append(f"| {b} | {sv[f'mf_rank_ms_{b}']:.3f} | {sv[f'teacher_total_ms_{b}']:.2f} "
+                         f"({sv[f'teacher_rank_ms_{b}']:.2f} + "
+                         f"{sv[f'teacher_bert_user_text_ms_{b}']:.2f}) | "
+                         f"{sv[f'speedup_{b}']:.0f}x |")
     mm = res.get("mesh_memory")
     if mm:
         lines += ["", "### 10M-item x 64 MF + Adam, row-sharded: memory per device", "",
@@ -847,10 +821,8 @@ def evaluate_targets(res: dict) -> list[dict]:
     sv = res.get("serving")
     if sv:
         out.append({"target": "student ranks a user's catalogue >= 100x faster than the teacher",
-                    "measured": f"{sv['speedup_1']:.0f}x (1 user, served), "
-                                f"{sv.get('speedup_args_1', float('nan')):.0f}x (1 user, "
-                                f"jit(params, ...)), {sv['speedup_1024']:.0f}x (1,024 users)",
-                    "met": sv["speedup_1"] >= 100})
+                    "measured": f"{sv['speedup_1']:.0f}x (1 user), {sv['speedup_1024']:.0f}x "
+                                "(1,024 users)", "met": sv["speedup_1"] >= 100})
     return out
 
 
@@ -876,8 +848,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="ml100k,100k,1m,10m",
                         help="comma list of ml100k (real) and synthetic 100k,1m,10m")
-    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "workdir", "bench",
-                                                      "results.json"))
+    parser.add_argument("--out", default="bench_results.json")
     parser.add_argument("--quick", action="store_true",
                         help="ml-100k only, few repeats (about 2 minutes)")
     parser.add_argument("--parts", default="train,eval,encoder,teacher_step,serving,mesh")

@@ -261,11 +261,8 @@ def _read_atomic(source_dir):
     item_path = _atomic_file(source_dir, ".item")
     items = []
     for n, r in _atomic_rows(item_path, ("item_id", "movie_title", "class")):
-        title = r["movie_title"].strip()
-        if title == "unkonwn":  # RecBole's spelling of GroupLens' "unknown" (item 267)
-            title = "unknown"
         items.append(Item(
-            n, _token(item_path, n, "item_id", r["item_id"]), title,
+            n, _token(item_path, n, "item_id", r["item_id"]), r["movie_title"].strip(),
             _year(item_path, n, r.get("release_year", "")),
             _genres(item_path, n, "class", r["class"].split())))
     user_path = _atomic_file(source_dir, ".user")
