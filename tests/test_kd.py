@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import DATA_DIR
 
 from configs import ml100k_distill
 from rec_jax.data.pipeline import TrainPipeline
@@ -32,6 +33,7 @@ BATCH = 16
 
 def _config():
     config = ml100k_distill.get_config("tiny")
+    config.data.data_dir = str(DATA_DIR)  # where the BERT text cache already is
     config.data.split = "ratio"  # the ml100k_ratio fixture's split
     # Shorter histories than `tiny`: compile time, not coverage, is what they cost.
     config.teacher.max_len = 10
@@ -54,8 +56,8 @@ def _make_setup(data):
         "online": kd.TeacherBundle("online", dim, max_len, temp, module=teacher.module,
                                    params=params),
     }
-    return dict(config=config, data=data, side=side, teacher=teacher, params=params,
-                arrays=arrays, bundles=bundles)
+    return {"config": config, "data": data, "side": side, "teacher": teacher,
+            "params": params, "arrays": arrays, "bundles": bundles}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,10 @@ def _spec(setup, family, mode, config=None):
 
 
 def _batch(spec, n=BATCH):
-    return spec.source.make_batch(np.arange(n), np.random.default_rng(0))
+    """n examples spread over the training set (many users), the same in either mode."""
+    rng = np.random.default_rng(0)
+    ids = np.sort(rng.choice(spec.source.num_examples, n, replace=False))
+    return spec.source.make_batch(ids, rng)
 
 
 def _max_diff(a, b):
@@ -114,10 +119,11 @@ def test_online_teacher_view_matches_artifacts(setup):
 
 @pytest.mark.parametrize("family", ["mf", "sasrec", "deepfm"])
 def test_cached_and_online_give_same_loss_and_gradients(setup, family):
-    results = {}
+    results, params = {}, None
     for mode in ("cached", "online"):
         spec, kside = _spec(setup, family, mode)
-        params = jax.jit(spec.init)(jax.random.PRNGKey(1))
+        if params is None:  # the same student params in both modes
+            params = jax.jit(spec.init)(jax.random.PRNGKey(1))
         batch = _batch(spec)
         # Gradients w.r.t. the student (arg 0) and the frozen teacher (arg 3).
         fn = jax.jit(jax.value_and_grad(spec.loss_fn, argnums=(0, 3), has_aux=True))
@@ -182,8 +188,8 @@ def test_zero_alpha_removes_its_term(setup, term):
     alpha = float(config.distill.weights[term])
     assert alpha > 0
     config.distill.weights[term] = 0.0
-    spec0, kside0 = _spec(setup, "mf", "cached", config)
-    loss, sums = spec0.loss_fn(params, batch, kside0, None, key)
+    spec0, _ = _spec(setup, "mf", "cached", config)
+    loss, sums = spec0.loss_fn(params, batch, kside, None, key)  # kside: a superset
     term_mean = full_sums[f"{term}_loss"] / full_sums["examples"]
     np.testing.assert_allclose(loss, full_loss - alpha * term_mean, rtol=1e-5, atol=1e-6)
     if term != "hard":  # the label loss is always computed (and logged); see kd.kd_objective
@@ -213,5 +219,14 @@ def test_artifacts_from_another_split_or_seed_are_refused(setup, tmp_path):
         (other[section] if section else other)[name] = value
         with pytest.raises(ValueError, match="another config, data split or seed"):
             artifacts_lib.load(path, other)
+    # `loo_time` is the same split for every seed: one teacher serves all seeds there.
+    loo = copy.deepcopy(config)
+    loo.data.split = "loo_time"
+    artifacts_lib.save(path, setup["arrays"], loo)
+    loo.seed = 1
+    artifacts_lib.load(path, loo)
+    loo.data.train_fraction = 0.5  # a seeded subsample of the labels is another split
+    with pytest.raises(ValueError, match="another config, data split or seed"):
+        artifacts_lib.load(path, loo)
     with pytest.raises(FileNotFoundError, match="Run the teacher stage first"):
         artifacts_lib.load(str(tmp_path / "missing.npz"), config)

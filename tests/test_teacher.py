@@ -8,6 +8,8 @@ tower tests load the real MiniLM-L6 (a few item sentences, 16 tokens).
 
 from __future__ import annotations
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -141,58 +143,68 @@ def _batch():
 
 
 def _teacher(**kw):
-    args = dict(num_users=U, num_items=I, num_genres=G, dim=D, max_len=L, num_layers=1,
-                num_heads=2, dropout=0.2)
-    args.update(kw)
-    return teacher_lib.Teacher(**args)
+    args = {"num_users": U, "num_items": I, "num_genres": G, "dim": D, "max_len": L,
+            "num_layers": 1, "num_heads": 2, "dropout": 0.2}
+    return teacher_lib.Teacher(**{**args, **kw})
 
 
 def test_teacher_output_shapes():
     module, side, batch = _teacher(), _side(), _batch()
-    params = module.init(jax.random.PRNGKey(0), batch, side)["params"]
-    out = module.apply({"params": params}, batch, side)
-    b = batch["user"].shape[0]
+    query = {"user": batch["user"], "inputs": batch["inputs"]}
+    sampled = jnp.array([0, 2, 4, 6, 8])
+
+    @jax.jit  # one compilation for every entry point (eager Linen is slow to warm up)
+    def run(key):
+        params = module.init(key, batch, side)["params"]
+        apply = functools.partial(module.apply, {"params": params})
+        T = teacher_lib.Teacher
+        return {
+            "out": apply(batch, side),
+            "sampled": apply(batch, side, sampled=sampled),
+            "dropout": apply(batch, side, deterministic=False, rngs={"dropout": key}),
+            "users": apply(query, side, method=T.outputs_for_users),
+            "scores": apply(query, side, method=T.score_all),
+            "ctr": apply(query, jnp.array([1, 2, 3]), side, method=T.ctr_for_pairs),
+        }
+
+    r = run(jax.random.PRNGKey(0))
+    out, o, b = r["out"], r["users"], batch["user"].shape[0]
     assert out["logits"].shape == (b, L, I) and out["logits"].dtype == jnp.float32
     assert out["ctr_logit"].shape == (b, L)
     assert out["genre_logits"].shape == (I, G)
     assert out["user_emb"].shape == (b, D) and out["item_emb"].shape == (I, D)
-    sampled = jnp.array([0, 2, 4, 6, 8])
-    out_s = module.apply({"params": params}, batch, side, sampled=sampled)
-    assert out_s["logits"].shape == (b, L, 1 + 5)
-    # Column 0 is the target's logit, the same as in the full softmax.
+    assert r["sampled"]["logits"].shape == (b, L, 1 + 5)
+    # Column 0 of the sampled softmax is the target's logit, as in the full softmax.
     t = np.where(batch["targets"] >= 0, batch["targets"], 0)
-    np.testing.assert_allclose(out_s["logits"][..., 0],
-                               np.take_along_axis(np.asarray(out["logits"]), t[..., None], -1)[..., 0],
-                               rtol=1e-5, atol=1e-6)
-    query = {"user": batch["user"], "inputs": batch["inputs"]}
-    o = module.apply({"params": params}, query, side, method=teacher_lib.Teacher.outputs_for_users)
+    np.testing.assert_allclose(
+        r["sampled"]["logits"][..., 0],
+        np.take_along_axis(np.asarray(out["logits"]), t[..., None], -1)[..., 0],
+        rtol=1e-5, atol=1e-6)
     assert o["user_vec"].shape == (b, D) and o["item_vec"].shape == (I, D)
     assert o["item_bias"].shape == (I,) and o["logits"].shape == (b, I)
     assert o["genre_prob"].shape == (I, G)
-    scores = module.apply({"params": params}, query, side, method=teacher_lib.Teacher.score_all)
-    np.testing.assert_allclose(scores, o["logits"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r["scores"], o["logits"], rtol=1e-5, atol=1e-6)
     # The last position of the training forward is the user vector.
     np.testing.assert_allclose(out["user_emb"], o["user_vec"], rtol=1e-5, atol=1e-6)
-    ctr = module.apply({"params": params}, query, jnp.array([1, 2, 3]), side,
-                       method=teacher_lib.Teacher.ctr_for_pairs)
-    assert ctr.shape == (b,)
+    assert r["ctr"].shape == (b,)
     # Dropout is on in training mode and off by default.
-    drop = module.apply({"params": params}, batch, side, deterministic=False,
-                        rngs={"dropout": jax.random.PRNGKey(1)})
-    assert np.abs(np.asarray(drop["logits"]) - np.asarray(out["logits"])).max() > 1e-4
+    assert np.abs(np.asarray(r["dropout"]["logits"]) - np.asarray(out["logits"])).max() > 1e-4
+
+
+def _param_names(module):
+    """Top-level param names, from shapes alone (no init is run)."""
+    return set(jax.eval_shape(module.init, jax.random.PRNGKey(0), _batch(), _side())["params"])
 
 
 def test_textonly_teacher_has_no_id_params():
-    side, batch = _side(), _batch()
-    with_ids = _teacher().init(jax.random.PRNGKey(0), batch, side)["params"]
-    assert {"item_id", "user_id", "item_bias"} <= set(with_ids)
-    text_only = _teacher(use_ids=False).init(jax.random.PRNGKey(0), batch, side)["params"]
-    assert not {"item_id", "user_id", "item_bias"} & set(text_only)
-    assert {"item_text_proj", "user_text_proj"} <= set(text_only)
-    no_user_id = _teacher(user_ids=False).init(jax.random.PRNGKey(0), batch, side)["params"]
+    assert {"item_id", "user_id", "item_bias"} <= _param_names(_teacher())
+    text_only = _param_names(_teacher(use_ids=False))
+    assert not {"item_id", "user_id", "item_bias"} & text_only
+    assert {"item_text_proj", "user_text_proj", "history", "genre_head"} <= text_only
+    no_user_id = _param_names(_teacher(user_ids=False))
     assert "user_id" not in no_user_id and "item_id" in no_user_id
     with pytest.raises(ValueError, match="text, IDs or both"):
-        _teacher(use_ids=False, use_text=False).init(jax.random.PRNGKey(0), batch, side)
+        _param_names(_teacher(use_ids=False, use_text=False))
 
 
 def test_registry_textonly_name_drops_ids(ml100k_ratio):
@@ -202,29 +214,31 @@ def test_registry_textonly_name_drops_ids(ml100k_ratio):
 
 
 def test_unseen_items_get_no_id_contribution():
-    module, side, batch = _teacher(), _side(), _batch()
-    params = module.init(jax.random.PRNGKey(0), batch, side)["params"]
-    params = jax.tree.map(lambda x: x, params)
-    params["item_bias"] = jnp.arange(I, dtype=jnp.float32) + 1.0
+    module, side = _teacher(), _side()
+    T = teacher_lib.Teacher
+    # The item tower alone (item text projection, item IDs, item bias).
+    params = module.init(jax.random.PRNGKey(0), side, method=T.item_vectors)["params"]
+    params = dict(params, item_bias=jnp.arange(I, dtype=jnp.float32) + 1.0)
 
-    def vectors(p):
-        return np.asarray(module.apply({"params": p}, side, method=teacher_lib.Teacher.item_vectors))
+    @jax.jit
+    def tower(p):
+        return (module.apply({"params": p}, side, method=T.item_vectors),
+                module.apply({"params": p}, side["item_text"],
+                             method=lambda m, t: m.item_text_proj(t)),
+                module.apply({"params": p}, side, method=T.bias))
 
-    base = vectors(params)
-    # An unseen item is its projected text alone.
-    text_only = np.asarray(module.apply({"params": params}, side["item_text"],
-                                        method=lambda m, t: m.item_text_proj(t)))
+    base, text_only, bias = map(np.asarray, tower(params))
     unseen, seen = ~side["item_seen"], side["item_seen"]
+    # An unseen item is its projected text alone; a seen one adds its ID embedding.
     np.testing.assert_allclose(base[unseen], text_only[unseen], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(base[seen], text_only[seen] + np.asarray(
         params["item_id"]["embedding"])[seen], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(bias, np.where(seen, np.arange(I) + 1.0, 0.0))
     # Moving every ID embedding moves seen items only.
     moved = dict(params, item_id={"embedding": params["item_id"]["embedding"] + 1.0})
-    after = vectors(moved)
+    after = np.asarray(tower(moved)[0])
     np.testing.assert_array_equal(after[unseen], base[unseen])
     assert np.all(np.abs(after[seen] - base[seen]) > 0.5)
-    bias = np.asarray(module.apply({"params": params}, side, method=teacher_lib.Teacher.bias))
-    np.testing.assert_array_equal(bias, np.where(seen, np.arange(I) + 1.0, 0.0))
 
 
 def test_text_tower_params_form_the_encoder_optimizer_group(ml100k_ratio):
@@ -256,7 +270,8 @@ def test_text_tower_params_form_the_encoder_optimizer_group(ml100k_ratio):
     assert cfg.group_lr.encoder == 0.1 and cfg.group_lr.heads == 1.0
     tx = optim.make_optimizer(cfg, 100, params, parts.label_fn)
     grads = jax.tree.map(jnp.ones_like, params)
-    updates, _ = tx.update(grads, tx.init(params), params)  # zero params: no weight decay
+    # Zero params: no weight decay in the update. (jit: one compilation, not one per leaf.)
+    updates = jax.jit(lambda p, g: tx.update(g, tx.init(p), p)[0])(params, grads)
     for path, u in flax.traverse_util.flatten_dict(updates).items():
         scale = cfg.lr * (0.1 if labels[path] == "encoder" else 1.0)
         np.testing.assert_allclose(u, -scale, rtol=1e-4, err_msg="/".join(path))

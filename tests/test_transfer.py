@@ -8,8 +8,6 @@ vector alone.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,7 +136,7 @@ def test_freeze_steps_hold_transferred_tables_then_release():
     base = ModelSpec(name="mf", init=lambda rng: _mf_params(4), loss_fn=None, source=None,
                      score_fn=None, make_query=None)
     rng = np.random.default_rng(3)
-    cfg = ConfigDict(dict(init="teacher_pca", freeze_steps=freeze))
+    cfg = ConfigDict({"init": "teacher_pca", "freeze_steps": freeze})
     spec = transfer.with_transfer(base, "mf", cfg, rng.normal(size=(NI, 6)),
                                   rng.normal(size=(NU, 6)))
     assert spec.freeze_steps == {"transferred": freeze}
@@ -180,8 +178,8 @@ def test_with_transfer_on_a_distillation_spec():
                                                      "kd": {"w": jnp.ones(3)}},
                      loss_fn=None, source=None, score_fn=None, make_query=None)
     t_items = np.random.default_rng(4).normal(size=(NI, 6))
-    spec = transfer.with_transfer(base, "mf", ConfigDict(dict(init="teacher_pca",
-                                                              freeze_steps=0)),
+    spec = transfer.with_transfer(base, "mf", ConfigDict({"init": "teacher_pca",
+                                                              "freeze_steps": 0}),
                                   t_items, None)
     params = spec.init(jax.random.PRNGKey(0))
     original = _mf_params(4)
