@@ -2,7 +2,10 @@
 
 Runs on the cold-items split (configs/ml100k_coldstart.py), where a seeded 10%
 of items never appear in training; the teacher's text knowledge should matter
-most when labels are scarce.
+most when labels are scarce. Each run trains its own teacher on the same
+fraction of labels (a teacher that saw all labels would hand them to the
+student). The 1.0 runs are the cold-start table; together the runs give
+NDCG@10 against the label fraction with mean ± std over 3 seeds.
 
 Full grid (train_fraction ∈ {0.1, 0.25, 0.5, 1.0} x 3 seeds = 12 runs):
 
@@ -18,6 +21,9 @@ Tiny (train_fraction ∈ {0.25, 1.0} x 2 seeds = 4 runs on the tiny config):
 from rec_jax import experiments as ex
 
 BASE_CONFIG = "configs/ml100k_coldstart.py"
+# The grid sweeps the fraction itself (one run per fraction and seed), so the
+# coldstart job's own internal sweep is switched off.
+FIXED = {"label_fractions": ""}
 
 
 def get_grid(arg=None):
