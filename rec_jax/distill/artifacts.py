@@ -48,6 +48,8 @@ def fingerprint(config) -> str:
     key = {"teacher": teacher, "split_seed": config.seed if seeded_split else None,
            "data": {k: d[k] for k in ("variant", "source_dir", "split", "cold_fraction",
                                       "train_fraction")}}
+    if config.dtype != "float32":  # (absent for float32: keeps older fingerprints valid)
+        key["dtype"] = config.dtype
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
