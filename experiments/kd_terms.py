@@ -7,18 +7,21 @@ one of α_soft, α_rank, α_emb, α_aux to 0; the last keeps only the hard
 
 Full grid (6 points x 3 seeds = 18 runs):
 
-  python -m rec_jax.experiments run experiments/kd_terms.py --root=/tmp/rec_jax/kd_terms
-  python -m rec_jax.experiments report /tmp/rec_jax/kd_terms
+  python -m rec_jax.experiments run experiments/kd_terms.py --root=workdir/kd_terms
+  python -m rec_jax.experiments report workdir/kd_terms
 
 Tiny (all on vs hard only, 2 seeds = 4 runs on the tiny config, a few minutes on CPU):
 
-  python -m rec_jax.experiments run experiments/kd_terms.py --arg=tiny --root=/tmp/rec_jax/kd_terms_tiny
-  python -m rec_jax.experiments report /tmp/rec_jax/kd_terms_tiny
+  python -m rec_jax.experiments run experiments/kd_terms.py --arg=tiny --root=workdir/kd_terms_tiny
+  python -m rec_jax.experiments report workdir/kd_terms_tiny
 """
 
 from rec_jax import experiments as ex
 
 BASE_CONFIG = "configs/ml100k_distill.py"
+# MF students only (each run ~2 minutes on the CPU), sharing one cached teacher
+# with every other grid on the main job's data and split.
+FIXED = {"students": "mf", "teacher.cache_dir": "workdir/teacher_cache", "teacher.seed": 0}
 TERMS = ("soft", "rank", "emb", "aux")
 
 

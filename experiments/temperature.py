@@ -2,18 +2,21 @@
 
 Full grid (T ∈ {1, 2, 4, 8} x 3 seeds = 12 runs):
 
-  python -m rec_jax.experiments run experiments/temperature.py --root=/tmp/rec_jax/temperature
-  python -m rec_jax.experiments report /tmp/rec_jax/temperature
+  python -m rec_jax.experiments run experiments/temperature.py --root=workdir/temperature
+  python -m rec_jax.experiments report workdir/temperature
 
 Tiny (T ∈ {1, 4} x 2 seeds = 4 runs on the tiny config):
 
-  python -m rec_jax.experiments run experiments/temperature.py --arg=tiny --root=/tmp/rec_jax/temperature_tiny
-  python -m rec_jax.experiments report /tmp/rec_jax/temperature_tiny
+  python -m rec_jax.experiments run experiments/temperature.py --arg=tiny --root=workdir/temperature_tiny
+  python -m rec_jax.experiments report workdir/temperature_tiny
 """
 
 from rec_jax import experiments as ex
 
 BASE_CONFIG = "configs/ml100k_distill.py"
+# MF students only (each run ~2 minutes on the CPU), sharing one cached teacher
+# with every other grid on the main job's data and split.
+FIXED = {"students": "mf", "teacher.cache_dir": "workdir/teacher_cache", "teacher.seed": 0}
 
 
 def get_grid(arg=None):

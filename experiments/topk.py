@@ -5,18 +5,21 @@ student-teacher consistency, and their hybrid.
 
 Full grid (K ∈ {5, 10, 20, 50} x 4 weightings x 3 seeds = 48 runs):
 
-  python -m rec_jax.experiments run experiments/topk.py --root=/tmp/rec_jax/topk
-  python -m rec_jax.experiments report /tmp/rec_jax/topk
+  python -m rec_jax.experiments run experiments/topk.py --root=workdir/topk
+  python -m rec_jax.experiments report workdir/topk
 
 Tiny (K ∈ {5, 20} x {position, hybrid}, 1 seed = 4 runs on the tiny config):
 
-  python -m rec_jax.experiments run experiments/topk.py --arg=tiny --root=/tmp/rec_jax/topk_tiny
-  python -m rec_jax.experiments report /tmp/rec_jax/topk_tiny
+  python -m rec_jax.experiments run experiments/topk.py --arg=tiny --root=workdir/topk_tiny
+  python -m rec_jax.experiments report workdir/topk_tiny
 """
 
 from rec_jax import experiments as ex
 
 BASE_CONFIG = "configs/ml100k_distill.py"
+# MF students only (each run ~2 minutes on the CPU), sharing one cached teacher
+# with every other grid on the main job's data and split.
+FIXED = {"students": "mf", "teacher.cache_dir": "workdir/teacher_cache", "teacher.seed": 0}
 
 
 def get_grid(arg=None):
