@@ -11,6 +11,10 @@ still carry what the language model knows about them:
   ``item_seen`` False) use W t_i alone, since their ID embedding was never
   trained on a positive and would only add noise (or the push-down it got as
   a sampled negative).
+* ``shared_dim`` > 0 (``config.transfer.share``): the text path starts with a
+  copy of the teacher's own text projection (LayerNorm + Dense to the teacher
+  width, layers ``shared_norm`` / ``shared_proj``, filled in by
+  rec_jax.distill.transfer.share_text_proj), then W maps that to the student size.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ class ItemFusion(nn.Module):
       dim: the student's embedding size.
       mode: "add" or "gated".
       inductive: text path alone for items unseen in training.
+      shared_dim: width of the teacher's text projection that starts the text
+        path (0: none; the path is LayerNorm + W).
     """
 
     dim: int
     mode: str = "add"
     inductive: bool = True
+    shared_dim: int = 0
 
     @nn.compact
     def __call__(self, id_emb: jnp.ndarray, item_ids: jnp.ndarray | None, side: dict):
@@ -47,8 +54,13 @@ class ItemFusion(nn.Module):
         if self.mode not in ("add", "gated"):
             raise ValueError(f"config.enhance.mode={self.mode!r}: use one of {FUSION_MODES}")
         text = side["fusion_text"] if item_ids is None else side["fusion_text"][item_ids]
-        projected = nn.Dense(self.dim, name="text_proj")(
-            nn.LayerNorm(name="text_norm")(text.astype(jnp.float32)))
+        text = text.astype(jnp.float32)
+        if self.shared_dim:
+            text = nn.Dense(self.shared_dim, name="shared_proj")(
+                nn.LayerNorm(name="shared_norm")(text))
+        else:
+            text = nn.LayerNorm(name="text_norm")(text)
+        projected = nn.Dense(self.dim, name="text_proj")(text)
         if self.mode == "add":
             fused = id_emb + projected
         else:

@@ -14,7 +14,9 @@ function as an argument rather than as a baked-in constant.
 
 Each student takes ``fusion`` ("none" | "add" | "gated") and ``inductive``:
 with fusion on, its item ID embeddings are fused with projected teacher item
-vectors (rec_jax.distill.fusion), which lets it score never-seen items.
+vectors (rec_jax.distill.fusion), which lets it score never-seen items;
+``shared_text_dim`` > 0 starts that text path with a copy of the teacher's
+text projection (``config.transfer.share``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class MF(nn.Module):
     embed_dim: int = 64
     fusion: str = "none"
     inductive: bool = True
+    shared_text_dim: int = 0
     dtype: Any = jnp.float32
 
     def setup(self):
@@ -64,7 +67,8 @@ class MF(nn.Module):
         self.item_embed = nn.Embed(self.num_items, self.embed_dim, embedding_init=_embed_init)
         self.item_bias = self.param("item_bias", nn.initializers.zeros, (self.num_items,))
         if self.fusion != "none":
-            self.fuse = ItemFusion(self.embed_dim, self.fusion, self.inductive)
+            self.fuse = ItemFusion(self.embed_dim, self.fusion, self.inductive,
+                                   self.shared_text_dim)
 
     def user_vectors(self, query, side, deterministic=True):
         del side, deterministic
@@ -132,6 +136,7 @@ class SASRec(nn.Module):
     dtype: Any = jnp.float32
     fusion: str = "none"
     inductive: bool = True
+    shared_text_dim: int = 0
 
     def setup(self):
         self.item_embed = nn.Embed(self.num_items, self.embed_dim,
@@ -139,7 +144,8 @@ class SASRec(nn.Module):
         self.encoder = SequenceEncoder(self.embed_dim, self.num_layers, self.num_heads,
                                        self.dropout, self.max_len, self.dtype)
         if self.fusion != "none":
-            self.fuse = ItemFusion(self.embed_dim, self.fusion, self.inductive)
+            self.fuse = ItemFusion(self.embed_dim, self.fusion, self.inductive,
+                                   self.shared_text_dim)
 
     def item_vectors(self, side):
         """[num_items, d] shared input/output item table (fused when enabled)."""
@@ -195,6 +201,7 @@ class DeepFM(nn.Module):
     dropout: float = 0.1
     fusion: str = "none"
     inductive: bool = True
+    shared_text_dim: int = 0
     dtype: Any = jnp.float32
 
     USER_FIELDS = ("user_age", "user_gender", "user_occupation")
@@ -222,7 +229,7 @@ class DeepFM(nn.Module):
         self.mlp_out = nn.Dense(1, dtype=self.dtype)
         self.drop = nn.Dropout(self.dropout)
         if self.fusion != "none":
-            self.fuse = ItemFusion(d, self.fusion, self.inductive)
+            self.fuse = ItemFusion(d, self.fusion, self.inductive, self.shared_text_dim)
 
     def item_id_vectors(self, items, side):
         """[..., d] the item field: ID embedding, fused with teacher vectors when enabled."""
