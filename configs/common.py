@@ -125,10 +125,11 @@ def distill_section() -> ConfigDict:
 
 
 def transfer_section() -> ConfigDict:
-    """Student initialisation from the teacher (models named *_transfer)."""
+    """Student initialisation from the teacher (models named *_transfer; `share`: *_fusion)."""
     c = ConfigDict()
     c.init = "teacher_pca"  # random | teacher_pca | teacher_linear
     c.freeze_steps = 0  # hold transferred embeddings fixed for this many steps
+    c.share = "none"  # none | text_proj | text_proj_frozen: teacher's item_text_proj in *_fusion
     return c
 
 

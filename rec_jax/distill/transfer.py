@@ -15,9 +15,14 @@ student is wider than the teacher, the first d_teacher columns are
 transferred and the rest keep their random init.
 ``config.transfer.freeze_steps`` holds them fixed for a warm-up (optimizer
 group "transferred" gets zero updates until then).
+``config.transfer.share`` (``*_fusion`` students over ``enhance.source="text"``):
+``text_proj`` starts the fusion text path with a trainable copy of the
+teacher's ``item_text_proj``; ``text_proj_frozen`` keeps that copy fixed.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +30,9 @@ import numpy as np
 import optax
 
 INITS = ("random", "teacher_pca", "teacher_linear")
+SHARES = ("none", "text_proj", "text_proj_frozen")
+# The fusion layers that hold the copy of the teacher's item_text_proj.
+SHARED_LAYERS = {"shared_norm": "layers_0", "shared_proj": "layers_1"}
 
 
 def pca(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -166,7 +174,6 @@ def with_transfer(spec, family: str, cfg, teacher_items, teacher_users, seed: in
     Works for plain specs (params = the student's) and distillation specs
     (params = {"student": ..., "kd": ...}).
     """
-    import dataclasses
     base_init = spec.init
 
     def init(rng):
@@ -182,3 +189,90 @@ def with_transfer(spec, family: str, cfg, teacher_items, teacher_users, seed: in
         spec, init=init,
         label_fn=transferred_label(family) if freeze else spec.label_fn,
         freeze_steps={"transferred": freeze} if freeze else spec.freeze_steps)
+
+
+# ---------------------------------------------------------------------------
+# Sharing the teacher's text projection.
+# ---------------------------------------------------------------------------
+
+
+def shared_text_dim(config, name: str, fused: bool) -> int:
+    """Width of the teacher projection that model `name` shares (0: no sharing).
+
+    Raises:
+      ValueError: an unknown config.transfer.share, or sharing where the
+        student's fusion input is not the text the teacher's projection read.
+    """
+    share = config.transfer.share
+    if share not in SHARES:
+        raise ValueError(f"config.transfer.share={share!r}: use one of {SHARES}")
+    if share == "none":
+        return 0
+    if not fused:
+        raise ValueError(f"model {name!r}: config.transfer.share={share!r} needs a fusion text "
+                         "path to share into; use a <model>_fusion model or share='none'")
+    source, freeze = config.enhance.source, config.teacher.freeze
+    if source != "text" or freeze != "encoder":
+        # The teacher's item_text_proj was trained on frozen, pooled BERT
+        # vectors; any other fusion input would feed it something else.
+        raise ValueError(f"config.transfer.share={share!r} needs config.enhance.source='text' "
+                         f"and config.teacher.freeze='encoder' (got {source!r}, {freeze!r})")
+    return int(config.teacher.dim)
+
+
+def share_text_proj(params: dict, teacher_params: dict) -> dict:
+    """Copies the teacher's item_text_proj into a fused student's shared layers.
+
+    Args:
+      params: the student's params (ItemFusion under "fuse", with shared layers).
+      teacher_params: the teacher's params ("item_text_proj" is all that is read).
+    """
+    if "item_text_proj" not in teacher_params:
+        raise ValueError("config.transfer.share: the teacher has no item_text_proj "
+                         "(config.teacher.use_text is off)")
+    source = teacher_params["item_text_proj"]
+    fuse = dict(params["fuse"])
+    for layer, teacher_layer in SHARED_LAYERS.items():
+        copied = {}
+        for key, value in fuse[layer].items():
+            weight = np.asarray(source[teacher_layer][key])
+            if weight.shape != value.shape:
+                raise ValueError(f"config.transfer.share: teacher item_text_proj/{teacher_layer}/"
+                                 f"{key} is {weight.shape}, the student's fuse/{layer}/{key} "
+                                 f"{value.shape}")
+            copied[key] = jnp.asarray(weight, value.dtype)
+        fuse[layer] = copied
+    return {**params, "fuse": fuse}
+
+
+def shared_label(base=None):
+    """Optimizer label function: the shared teacher layers are "frozen"; other
+    params keep base's label (or "rest")."""
+    def label(path):
+        if len(path) >= 2 and path[-2] in SHARED_LAYERS:
+            return "frozen"
+        return base(path) if base is not None else "rest"
+    return label
+
+
+def with_shared_text(spec, share: str, teacher_params: dict):
+    """Wraps a ModelSpec so its init starts from the teacher's item_text_proj.
+
+    share is config.transfer.share; "text_proj_frozen" also labels the copy
+    "frozen" for the optimizer (zero updates). Plain and distillation specs.
+    """
+    if share not in SHARES:
+        raise ValueError(f"config.transfer.share={share!r}: use one of {SHARES}")
+    if share == "none":
+        return spec
+    base_init = spec.init
+
+    def init(rng):
+        params = base_init(rng)
+        if isinstance(params, dict) and "student" in params and "kd" in params:
+            return {**params, "student": share_text_proj(params["student"], teacher_params)}
+        return share_text_proj(params, teacher_params)
+
+    if share == "text_proj":
+        return dataclasses.replace(spec, init=init)
+    return dataclasses.replace(spec, init=init, label_fn=shared_label(spec.label_fn))

@@ -20,7 +20,7 @@ from rec_jax.data import features as features_lib
 from rec_jax.data import raw
 from rec_jax.data.interactions import SplitData
 from rec_jax.data.pipeline import CTRSource, NegativeSampler, PairSource, SequenceSource
-from rec_jax.distill import objectives
+from rec_jax.distill import objectives, transfer
 from rec_jax.models import bert as bert_lib
 from rec_jax.models import students
 from rec_jax.models import teacher as teacher_lib
@@ -85,14 +85,18 @@ def name_flags(name: str) -> set[str]:
 
 
 def module_args(name: str, config) -> dict:
-    """Module kwargs from the run config: compute dtype, and fusion for `_fusion` models."""
+    """Module kwargs from the run config: compute dtype, and fusion for `_fusion` models
+    (with the width of the teacher projection it shares, if config.transfer.share)."""
     args = {"dtype": jnp.dtype(config.dtype)}
-    if "fusion" not in name_flags(name):
+    fused = "fusion" in name_flags(name)
+    shared = transfer.shared_text_dim(config, name, fused)
+    if not fused:
         return args
     mode = config.enhance.mode
     if mode == "none":
         raise ValueError(f"model {name!r} asks for fusion but config.enhance.mode is 'none'")
-    return dict(args, fusion=mode, inductive=bool(config.enhance.inductive))
+    args = dict(args, fusion=mode, inductive=bool(config.enhance.inductive))
+    return dict(args, shared_text_dim=shared) if shared else args
 
 
 def negative_sampler(data: SplitData, train_cfg) -> NegativeSampler:
