@@ -236,6 +236,18 @@ def teacher_arrays(config, workdir: str) -> dict:
         os.path.join(model_folder("teacher", config, workdir), "artifacts.npz"), config)
 
 
+def teacher_params(config, workdir: str) -> dict:
+    """The trained teacher's params (online KD, shared text projection)."""
+    folder = model_folder("teacher", config, workdir)
+    path = os.path.join(folder, "params.msgpack")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"teacher params not found: {path}; run the teacher stage first")
+    # The fingerprint check guards the params too (same teacher, same split).
+    artifacts_lib.load(os.path.join(folder, "artifacts.npz"), config)
+    with open(path, "rb") as f:
+        return flax.serialization.msgpack_restore(f.read())
+
+
 def teacher_bundle(config, data, workdir: str) -> kd_lib.TeacherBundle:
     """The teacher as students reach it: artifacts (cached) or params (online)."""
     folder = model_folder("teacher", config, workdir)
@@ -245,13 +257,7 @@ def teacher_bundle(config, data, workdir: str) -> kd_lib.TeacherBundle:
         arrays = artifacts_lib.load(os.path.join(folder, "artifacts.npz"), config)
         return kd_lib.TeacherBundle(mode, int(arrays["item_vec"].shape[1]), cfg.max_len,
                                     float(arrays["temperature"]), artifacts=arrays)
-    path = os.path.join(folder, "params.msgpack")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"teacher params not found: {path}; run the teacher stage first")
-    # The fingerprint check guards online mode too (same teacher, same split).
-    artifacts_lib.load(os.path.join(folder, "artifacts.npz"), config)
-    with open(path, "rb") as f:
-        params = flax.serialization.msgpack_restore(f.read())
+    params = teacher_params(config, workdir)
     module = registry.teacher_module(cfg, data, dtype=jax.numpy.dtype(config.dtype))
     return kd_lib.TeacherBundle(mode, cfg.dim, cfg.max_len, cfg.temperature, module=module,
                                 params=params)
@@ -298,6 +304,9 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
     if "transfer" in flags:
         spec = transfer_lib.with_transfer(spec, family, config.transfer, teacher["item_vec"],
                                           teacher["user_vec"], config.seed)
+    if "fusion" in flags and config.transfer.share != "none":  # (checked in registry.parts)
+        spec = transfer_lib.with_shared_text(spec, config.transfer.share,
+                                             teacher_params(config, workdir))
     valid_eval = Evaluator(data, "valid", config.eval.ks, config.eval.batch_users)
     seed = config.seed
     if name.startswith("teacher") and cfg.seed >= 0:
