@@ -3,7 +3,8 @@
 rec_jax/distill/transfer.py: PCA / linear maps, rescaling, column placement,
 freezing transferred tables for a warm-up; rec_jax/distill/fusion.py and the
 students' fusion="add"/"gated": never-seen items are scored from the teacher
-vector alone.
+vector alone; config.transfer.share: the teacher's item_text_proj copied into
+the fusion text path, trainable or frozen.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ml_collections import ConfigDict
 from configs import common
 from rec_jax.distill import transfer
 from rec_jax.distill.fusion import ItemFusion, seen_mask
-from rec_jax.models import students
+from rec_jax.models import registry, students
 from rec_jax.train import optim
 from rec_jax.train.trainer import ModelSpec
 
@@ -314,3 +315,190 @@ def test_fused_deepfm_and_sasrec_item_vectors_for_cold_items():
     np.testing.assert_allclose(table[cold], projected[cold], rtol=1e-4, atol=1e-5)
     emb = np.asarray(params["item_embed"]["embedding"])
     np.testing.assert_allclose(table[~cold], emb[~cold] + projected[~cold], rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Sharing the teacher's text projection (config.transfer.share).
+# ---------------------------------------------------------------------------
+
+DTEXT = 10  # pooled BERT text width
+
+
+def _teacher_params(seed=0):
+    """A teacher's params as params.msgpack holds them (only item_text_proj is read)."""
+    rng = np.random.default_rng(seed)
+    f32 = lambda *shape: rng.normal(size=shape).astype(np.float32)
+    return {"item_text_proj": {"layers_0": {"scale": f32(DTEXT), "bias": f32(DTEXT)},
+                               "layers_1": {"kernel": f32(DTEXT, DT), "bias": f32(DT)}},
+            "item_id": {"embedding": f32(NI, DT)}}
+
+
+def _share_config(share):
+    config = common.base_config()
+    config.transfer.share = share
+    config.enhance.source = "text"
+    config.teacher.dim = DT
+    return config
+
+
+def _text_side(seed=0):
+    return dict(_fusion_side(seed), fusion_text=np.random.default_rng(seed + 1).normal(
+        size=(NI, DTEXT)).astype(np.float32))
+
+
+def _fused_student(family, config):
+    """(module, init fn) of a small fused student built from the run config."""
+    kw = registry.module_args(f"{family}_fusion", config)
+    side = _text_side()
+    if family == "mf":
+        module = students.MF(NU, NI, 4, **kw)
+        batch = {"user": np.zeros(2, np.int32), "item": np.zeros(2, np.int32),
+                 "negatives": np.zeros((2, 1), np.int32)}
+        return module, lambda rng: module.init(rng, batch, side)["params"]
+    if family == "sasrec":
+        module = students.SASRec(NI, 4, max_len=3, num_layers=1, num_heads=1, **kw)
+        return module, lambda rng: module.init(rng, side, method=students.SASRec.item_vectors)[
+            "params"]
+    vocab = (("item_year", 3), ("user_age", 1), ("user_gender", 1), ("user_occupation", 1))
+    module = students.DeepFM(NU, NI, vocab, 19, 4, (8,), **kw)
+    return module, lambda rng: module.init(rng, np.arange(NI), side,
+                                           method=students.DeepFM.item_id_vectors)["params"]
+
+
+def _spec(init):
+    return ModelSpec(name="s", init=init, loss_fn=None, source=None, score_fn=None,
+                     make_query=None)
+
+
+@pytest.mark.parametrize("family", ["mf", "sasrec", "deepfm"])
+def test_shared_text_proj_starts_as_the_teachers(family):
+    teacher = _teacher_params()
+    _, init = _fused_student(family, _share_config("text_proj"))
+    spec = transfer.with_shared_text(_spec(init), "text_proj", teacher)
+    params = spec.init(jax.random.PRNGKey(0))
+    fuse, source = params["fuse"], teacher["item_text_proj"]
+    assert set(fuse) >= {"shared_norm", "shared_proj", "text_proj"} and "text_norm" not in fuse
+    for key in ("scale", "bias"):
+        np.testing.assert_array_equal(fuse["shared_norm"][key], source["layers_0"][key])
+    for key in ("kernel", "bias"):
+        np.testing.assert_array_equal(fuse["shared_proj"][key], source["layers_1"][key])
+    assert fuse["text_proj"]["kernel"].shape == (DT, 4)  # the student's own map to its size
+    assert spec.label_fn is None  # trainable: one optimizer group, as before
+    if family == "mf":  # a cold item's vector: the student's map of the teacher's projection
+        module, side = _fused_student(family, _share_config("text_proj"))[0], _text_side()
+        teacher_out = _projected({"text_norm": fuse["shared_norm"],
+                                  "text_proj": fuse["shared_proj"]}, side["fusion_text"])
+        expected = teacher_out @ np.asarray(fuse["text_proj"]["kernel"]) + np.asarray(
+            fuse["text_proj"]["bias"])
+        cold = ~side["item_seen"]
+        vecs = np.asarray(module.apply({"params": params}, side, method=students.MF.item_vectors))
+        np.testing.assert_allclose(vecs[cold], expected[cold], rtol=1e-4, atol=1e-5)
+    # Everything else is the student's own init; distillation specs share into "student".
+    own = init(jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(params["item_embed"]["embedding"],
+                                  own["item_embed"]["embedding"])
+    kd_spec = transfer.with_shared_text(
+        _spec(lambda rng: {"student": init(rng), "kd": {"w": jnp.ones(2)}}), "text_proj", teacher)
+    kd_params = kd_spec.init(jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(kd_params["student"]["fuse"]["shared_proj"]["kernel"],
+                                  source["layers_1"]["kernel"])
+    np.testing.assert_array_equal(kd_params["kd"]["w"], np.ones(2))
+
+
+@pytest.mark.parametrize("share", ["text_proj", "text_proj_frozen"])
+def test_frozen_shared_text_proj_never_moves(share):
+    module, init = _fused_student("mf", _share_config(share))
+    spec = transfer.with_shared_text(_spec(init), share, _teacher_params())
+    params = spec.init(jax.random.PRNGKey(0))
+    side = _text_side()
+    weights = jnp.asarray(np.random.default_rng(7).normal(size=(NI, 4)), jnp.float32)
+
+    def loss(p):
+        scores = module.apply({"params": p}, {"user": np.arange(NU)}, side,
+                              method=students.MF.score_all)
+        items = module.apply({"params": p}, side, method=students.MF.item_vectors)
+        return jnp.square(scores).mean() + (items * weights).sum()
+
+    # Weight decay too: a frozen group gets no update of any kind.
+    tx = optim.make_optimizer(common.optim_section(name="adamw", lr=0.1, weight_decay=0.1), 100,
+                              params, spec.label_fn, spec.freeze_steps)
+    state = tx.init(params)
+    new = params
+    for _ in range(3):
+        grads = jax.grad(loss)(new)
+        for layer in ("shared_norm", "shared_proj"):
+            assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(grads["fuse"][layer]))
+        updates, state = tx.update(grads, state, new)
+        new = optax.apply_updates(new, updates)
+
+    def moved(*path):
+        a, b = params, new
+        for k in path:
+            a, b = a[k], b[k]
+        return bool(np.any(np.asarray(a) != np.asarray(b)))
+
+    shared = [moved("fuse", "shared_norm", "scale"), moved("fuse", "shared_norm", "bias"),
+              moved("fuse", "shared_proj", "kernel"), moved("fuse", "shared_proj", "bias")]
+    assert shared == [share == "text_proj"] * 4
+    assert moved("fuse", "text_proj", "kernel") and moved("item_embed", "embedding")
+    assert moved("user_embed", "embedding")
+
+
+def test_frozen_share_keeps_the_transfer_groups():
+    """Sharing composes with the transferred tables' warm-up label."""
+    _, init = _fused_student("mf", _share_config("text_proj_frozen"))
+    rng = np.random.default_rng(8)
+    spec = transfer.with_transfer(_spec(init), "mf",
+                                  ConfigDict({"init": "teacher_pca", "freeze_steps": 2}),
+                                  rng.normal(size=(NI, 6)), rng.normal(size=(NU, 6)))
+    spec = transfer.with_shared_text(spec, "text_proj_frozen", _teacher_params())
+    paths = [("item_embed", "embedding"), ("fuse", "shared_norm", "scale"),
+             ("student", "fuse", "shared_proj", "kernel"), ("fuse", "text_proj", "kernel")]
+    assert [spec.label_fn(p) for p in paths] == ["transferred", "frozen", "frozen", "rest"]
+    assert spec.freeze_steps == {"transferred": 2}
+
+
+def test_share_none_keeps_the_old_student():
+    config = common.base_config()
+    assert config.transfer.share == "none"
+    assert "shared_text_dim" not in registry.module_args("mf_fusion", config)
+    _, init = _fused_student("mf", config)
+    params = init(jax.random.PRNGKey(0))
+    old = students.MF(NU, NI, 4, fusion="add").init(
+        jax.random.PRNGKey(0), {"user": np.zeros(2, np.int32), "item": np.zeros(2, np.int32),
+                                "negatives": np.zeros((2, 1), np.int32)}, _text_side())["params"]
+    assert jax.tree.structure(params) == jax.tree.structure(old)
+    assert set(params["fuse"]) == {"text_norm", "text_proj"}
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(old)):
+        np.testing.assert_array_equal(a, b)
+    spec = _spec(init)
+    assert transfer.with_shared_text(spec, "none", {}) is spec
+
+
+def test_share_errors():
+    config = _share_config("bogus")
+    with pytest.raises(ValueError, match=r"config.transfer.share='bogus'.*text_proj_frozen"):
+        registry.module_args("mf_fusion", config)
+    with pytest.raises(ValueError, match="config.transfer.share"):
+        transfer.with_shared_text(_spec(None), "copy", _teacher_params())
+    config.transfer.share = "text_proj"
+    with pytest.raises(ValueError, match=r"'deepfm'.*config.transfer.share.*_fusion"):
+        registry.module_args("deepfm", config)
+    with pytest.raises(ValueError, match=r"config.transfer.share.*_fusion"):
+        registry.module_args("sasrec_kd", config)
+    config.enhance.source = "teacher"
+    with pytest.raises(ValueError, match="config.enhance.source='text'"):
+        registry.module_args("mf_fusion", config)
+    config.enhance.source = "text"
+    config.teacher.freeze = "top:1"
+    with pytest.raises(ValueError, match="config.teacher.freeze='encoder'"):
+        registry.module_args("mf_fusion", config)
+    # A teacher that does not fit the student's shared layers, or has no text projection.
+    _, init = _fused_student("mf", _share_config("text_proj"))
+    wide = _teacher_params()
+    wide["item_text_proj"]["layers_1"] = {"kernel": np.ones((DTEXT, DT + 1), np.float32),
+                                          "bias": np.ones(DT + 1, np.float32)}
+    with pytest.raises(ValueError, match=r"layers_1/(bias|kernel)"):
+        transfer.with_shared_text(_spec(init), "text_proj", wide).init(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="use_text"):
+        transfer.share_text_proj(init(jax.random.PRNGKey(0)), {"item_id": {}})
