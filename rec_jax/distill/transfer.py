@@ -200,8 +200,8 @@ def shared_text_dim(config, name: str, fused: bool) -> int:
     """Width of the teacher projection that model `name` shares (0: no sharing).
 
     Raises:
-      ValueError: an unknown config.transfer.share, or sharing where the
-        student's fusion input is not the text the teacher's projection read.
+      ValueError: an unknown config.transfer.share, or sharing where a
+        `_fusion` student's input is not the text the teacher's projection read.
     """
     share = config.transfer.share
     if share not in SHARES:
@@ -209,8 +209,9 @@ def shared_text_dim(config, name: str, fused: bool) -> int:
     if share == "none":
         return 0
     if not fused:
-        raise ValueError(f"model {name!r}: config.transfer.share={share!r} needs a fusion text "
-                         "path to share into; use a <model>_fusion model or share='none'")
+        # Only `_fusion` models have a text path to share into; the rest of a
+        # run (plain, _kd, _transfer) ignores the key, so one config serves a grid.
+        return 0
     source, freeze = config.enhance.source, config.teacher.freeze
     if source != "text" or freeze != "encoder":
         # The teacher's item_text_proj was trained on frozen, pooled BERT
