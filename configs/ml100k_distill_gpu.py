@@ -1,0 +1,26 @@
+"""The main job on a GPU: the whole BERT teacher fine-tuned in bf16.
+
+    python -m rec_jax.main --config=configs/ml100k_distill_gpu.py --workdir=workdir/distill_gpu
+
+Same models, split and distillation as configs/ml100k_distill.py; only the
+teacher changes: `teacher.freeze=none` back-propagates through all six
+MiniLM layers for item and profile text at every step (no encoder cache),
+and `dtype=bfloat16` computes every model in bf16 with fp32 params, logits
+and losses. Longer item texts (48 tokens) keep more of each title and its
+genres. On 2 CPU cores this would take hours (about 16 items/s
+forward+backward); scripts/gpu_check.sh runs it on a GPU and reports the
+teacher's achieved FLOP/s against the device's bf16 peak. `:tiny` shrinks it
+for a CPU smoke run.
+"""
+
+from configs import ml100k_distill
+
+
+def get_config(arg: str | None = None):
+    config = ml100k_distill.get_config(arg)
+    config.dtype = "bfloat16"
+    config.teacher.freeze = "none"
+    if arg != "tiny":
+        config.teacher.item_text_len = 48
+    return config
+
