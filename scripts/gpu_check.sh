@@ -91,18 +91,19 @@ export TF_CPP_MIN_LOG_LEVEL=2
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # memory_stats then shows the real peak
 
 # -- ml_collections (absent on the GPU machine; see the header) -------------------
+# Carried wheels (ml_collections, tensorboardX, ...) go to a private site folder;
+# a carried pure-Python ml_collections package (pack) goes on the path.
+if compgen -G "$CARRY/whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "${SITE:-/tmp/rec_jax_site}" \
+    "$CARRY"/whl/*.whl && export PYTHONPATH="$PYTHONPATH:${SITE:-/tmp/rec_jax_site}"
+fi
+if ! "$PY" -c "import ml_collections" 2>/dev/null && [[ -d "$CARRY/pylib/ml_collections" ]]; then
+  export PYTHONPATH="$PYTHONPATH:$CARRY/pylib"
+fi
 if ! "$PY" -c "import ml_collections" 2>/dev/null; then
-  if compgen -G "$CARRY/whl/*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$OUT/site" \
-      "$CARRY"/whl/*.whl && export PYTHONPATH="$OUT/site:$PYTHONPATH"
-  elif [[ -d "$CARRY/pylib/ml_collections" ]]; then
-    export PYTHONPATH="$CARRY/pylib:$PYTHONPATH"
-  fi
-  if ! "$PY" -c "import ml_collections" 2>/dev/null; then
-    echo "ERROR: ml_collections is not importable: carry $CARRY/whl/ml_collections-*.whl"
-    echo "       or $CARRY/pylib (bash scripts/gpu_check.sh pack); every config needs it."
-    exit 2
-  fi
+  echo "ERROR: ml_collections is not importable: carry $CARRY/whl/ml_collections-*.whl"
+  echo "       or $CARRY/pylib (bash scripts/gpu_check.sh pack); every config needs it."
+  exit 2
 fi
 "$PY" - <<'EOF'
 import importlib, platform
