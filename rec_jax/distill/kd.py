@@ -266,9 +266,18 @@ def build(parts: Parts, bundle: TeacherBundle, config, data: SplitData, side: di
         def ctr_fn(params, query, items, side):
             return parts.ctr_logit_fn(params["student"], query, items, side)
 
+    user_fn = item_fn = None
+    if parts.item_table_fn is not None:  # The student's towers (mesh-mode evaluation).
+        def user_fn(params, query, side):
+            return parts.user_vectors_fn(params["student"], query, side)
+
+        def item_fn(params, side):
+            return parts.item_table_fn(params["student"], side)
+
     spec = ModelSpec(name=parts.name, init=init,
                      loss_fn=kd_objective(parts, heads, bundle, dcfg), source=source,
                      score_fn=score_fn, make_query=parts.make_query,
                      frozen=bundle.params if bundle.mode == "online" else None,
-                     ctr_logit_fn=ctr_fn, module=parts.module)
+                     ctr_logit_fn=ctr_fn, module=parts.module,
+                     user_vectors_fn=user_fn, item_table_fn=item_fn)
     return spec, kd_side

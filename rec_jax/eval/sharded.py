@@ -12,6 +12,11 @@ as padded id lists ``[B, M]`` (-1 = none), not as a dense ``[B, I]`` mask,
 which would be as large as the scores; each shard drops the ids outside its
 row range. The result equals ``jax.lax.top_k`` of the dense, masked
 ``user_vecs @ table.T + bias`` (up to the order of exactly tied scores).
+
+:class:`ShardedEvaluator` is the trainer's full-ranking evaluator built on
+it (mesh mode): same users, segments, metrics and recs CSVs as
+:class:`rec_jax.eval.evaluator.Evaluator`, for models that score by a dot
+product of a user vector and an item table (MF, SASRec).
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rec_jax.data.interactions import CSR
-from rec_jax.train.mesh import DATA, MODEL
+from rec_jax.data.interactions import CSR, SplitData
+from rec_jax.eval import metrics as metrics_lib
+from rec_jax.eval.evaluator import Evaluator, _finalize_segments
+from rec_jax.train.mesh import DATA, MODEL, tree_shardings
 
 
 def known_item_ids(known: CSR, users: np.ndarray, width: int | None = None) -> np.ndarray:
@@ -141,3 +148,97 @@ def dense_top_k(user_vecs, table, bias, known, k: int):
     scores = scores.at[user_row, col].set(-jnp.inf, mode="drop")
     top_scores, top_items = jax.lax.top_k(scores, k)
     return top_scores, top_items.astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------
+# The full-ranking evaluator on a row-sharded table (mesh mode of the trainer).
+# ---------------------------------------------------------------------------
+
+
+class ShardedEvaluator(Evaluator):
+    """:class:`rec_jax.eval.evaluator.Evaluator` for dot-product models in mesh mode.
+
+    Same users, batches, segments, metrics and recs as the dense evaluator,
+    but no [users, items] score matrix is formed: the item table is placed
+    row-sharded on the mesh's "model" axis and each batch's top K comes from
+    :func:`sharded_top_k` (top K per shard, then merged). ``cold_only`` ranks
+    a second time with non-cold items' bias set to -inf.
+
+    Args:
+      data, part, ks, batch_users, num_recs: as for Evaluator.
+      mesh: the ("data", "model") mesh.
+      user_vectors_fn: (params, query, side) -> [B, d].
+      item_table_fn: (params, side) -> ([num_items, d], [num_items] or None).
+    """
+
+    def __init__(self, data: SplitData, part: str, mesh: Mesh, user_vectors_fn, item_table_fn,
+                 ks=(10, 20), batch_users: int = 256, num_recs: int = 20):
+        super().__init__(data, part, ks, batch_users, num_recs)
+        self.mesh = mesh
+        self.num_items = data.num_items
+        self.user_vectors_fn = jax.jit(user_vectors_fn)
+        self.item_table_fn = jax.jit(item_table_fn)
+        # One width for every batch (one compiled top-K): the longest known list.
+        self.known_width = max(int(self.known.lengths()[self.users].max(initial=0)), 1)
+
+    def evaluate(self, score_fn, params, side, make_query, keep_recs: bool = True):
+        """As Evaluator.evaluate; `score_fn` is unused (the two towers score)."""
+        del score_fn
+        # Catalogue-sized params and side tables live row-sharded, as in training.
+        params = jax.device_put(params, tree_shardings(params, self.mesh, self.num_items))
+        side = jax.device_put(side, tree_shardings(side, self.mesh, self.num_items))
+        table, bias = self.item_table_fn(params, side)
+        if bias is None:
+            bias = jnp.zeros((self.num_items,), jnp.float32)
+        table_s, bias_s, n = shard_item_table(table, bias, self.mesh)
+        cold_bias_s = None
+        if "cold" in self.segments:
+            cold = jnp.asarray(self.segments["cold"])
+            _, cold_bias_s, _ = shard_item_table(table, jnp.where(cold, bias, -jnp.inf), self.mesh)
+        seg_masks = {k: jnp.asarray(v) for k, v in self.segments.items()}
+        sums_fn = _sharded_sums(self.ks, tuple(self.segments))
+        totals: dict[str, float] = {}
+        rec_users, rec_items, rec_scores = [], [], []
+        for users, mask in self.batches():
+            user_vecs = self.user_vectors_fn(params, make_query(users, self.part), side)
+            known = known_item_ids(self.known, users, self.known_width)
+            top_scores, top_items = sharded_top_k(user_vecs, table_s, bias_s, known, self.max_k,
+                                                  self.mesh, n)
+            cold_top = None
+            if cold_bias_s is not None:
+                _, cold_top = sharded_top_k(user_vecs, table_s, cold_bias_s, known, self.max_k,
+                                            self.mesh, n)
+            truth = self.truth.dense(users)
+            sums = sums_fn(top_items, cold_top, truth, mask, seg_masks)
+            for k, v in jax.device_get(sums).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            if keep_recs:
+                count = int(mask.sum())
+                rec_users.append(users[:count])
+                rec_items.append(np.asarray(top_items)[:count, :self.num_recs])
+                rec_scores.append(np.asarray(top_scores)[:count, :self.num_recs])
+        result = _finalize_segments(totals)
+        recs = None
+        if keep_recs and rec_users:
+            recs = {"user": np.concatenate(rec_users), "items": np.concatenate(rec_items),
+                    "scores": np.concatenate(rec_scores)}
+        return result, recs
+
+
+@functools.lru_cache(maxsize=16)
+def _sharded_sums(ks, segment_names):
+    """Metric sums per segment from given top items (the dense ranker's second half)."""
+
+    @jax.jit
+    def sums_fn(top_items, cold_top, truth, user_mask, seg_masks):
+        sums = metrics_lib.ranking_sums(top_items, truth, ks, user_mask)
+        for name in segment_names:
+            seg = metrics_lib.ranking_sums(top_items, truth & seg_masks[name][None], ks, user_mask)
+            sums.update({f"{name}/{k}": v for k, v in seg.items()})
+        if cold_top is not None:
+            seg = metrics_lib.ranking_sums(cold_top, truth & seg_masks["cold"][None], ks,
+                                           user_mask)
+            sums.update({f"cold_only/{k}": v for k, v in seg.items()})
+        return sums
+
+    return sums_fn

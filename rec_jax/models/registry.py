@@ -56,7 +56,9 @@ class Parts:
 
     hard_fn(params, batch, side, rng) -> (loss, outputs, count) is the model's
     own task; view_fn(params, batch, side, rng) -> StudentView feeds
-    distillation (None for models that are never students). The view runs on
+    distillation (None for models that are never students).
+    user_vectors_fn / item_table_fn (see ModelSpec) are set for models whose
+    score is a dot product, which mesh mode ranks over a row-sharded table. The view runs on
     its own (possibly smaller) slice of the batch, so it recomputes what it
     needs rather than reusing hard_fn's outputs.
     """
@@ -72,6 +74,8 @@ class Parts:
     view_fn: Callable | None = None
     ctr_logit_fn: Callable | None = None
     label_fn: Callable | None = None
+    user_vectors_fn: Callable | None = None
+    item_table_fn: Callable | None = None
 
 
 def name_flags(name: str) -> set[str]:
@@ -141,6 +145,13 @@ def _dot_at(user, table, bias=None):
     return logits_at
 
 
+def _user_vectors_fn(module):
+    """(params, query, side) -> [B, d]: the module's user tower, deterministic."""
+    def user_vectors_fn(params, query, side):
+        return module.apply({"params": params}, query, side, method=type(module).user_vectors)
+    return user_vectors_fn
+
+
 # ---------------------------------------------------------------------------
 # MF
 # ---------------------------------------------------------------------------
@@ -170,8 +181,13 @@ def mf_parts(name: str, cfg, data: SplitData, side: dict, **module_kw) -> Parts:
     def score_fn(params, query, side):
         return module.apply({"params": params}, query, side, method=students.MF.score_all)
 
+    def item_table_fn(params, side):
+        return (module.apply({"params": params}, side, method=students.MF.item_vectors),
+                module.apply({"params": params}, side, method=students.MF.bias))
+
     return Parts(name, module, source, _init_from(module, source, side), hard_fn, score_fn,
-                 user_query, cfg.embed_dim, view_fn)
+                 user_query, cfg.embed_dim, view_fn,
+                 user_vectors_fn=_user_vectors_fn(module), item_table_fn=item_table_fn)
 
 
 # ---------------------------------------------------------------------------
@@ -204,8 +220,12 @@ def sasrec_parts(name: str, cfg, data: SplitData, side: dict, **module_kw) -> Pa
     def score_fn(params, query, side):
         return module.apply({"params": params}, query, side, method=students.SASRec.score_all)
 
+    def item_table_fn(params, side):
+        return module.apply({"params": params}, side, method=students.SASRec.item_vectors), None
+
     return Parts(name, module, source, _init_from(module, source, side), hard_fn, score_fn,
-                 history_query(data, cfg.max_len), cfg.embed_dim, view_fn)
+                 history_query(data, cfg.max_len), cfg.embed_dim, view_fn,
+                 user_vectors_fn=_user_vectors_fn(module), item_table_fn=item_table_fn)
 
 
 # ---------------------------------------------------------------------------
@@ -351,7 +371,8 @@ def plain_spec(p: Parts) -> ModelSpec:
 
     return ModelSpec(name=p.name, init=p.init, loss_fn=loss_fn, source=p.source,
                      score_fn=p.score_fn, make_query=p.make_query, label_fn=p.label_fn,
-                     ctr_logit_fn=p.ctr_logit_fn, module=p.module)
+                     ctr_logit_fn=p.ctr_logit_fn, module=p.module,
+                     user_vectors_fn=p.user_vectors_fn, item_table_fn=p.item_table_fn)
 
 
 def num_params(params: Any) -> int:
