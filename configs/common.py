@@ -153,6 +153,12 @@ def base_config() -> ConfigDict:
     c.variants = "plain,kd"
     c.label_fractions = ""  # e.g. "0.1,0.25,0.5": rerun the models on those label shares
     c.progress = "auto"  # auto | bar | off
+    # How training is laid over devices: pmap (data parallel, the whole model on
+    # every device) | mesh (jax.jit on a (data, model) mesh, item tables
+    # row-sharded on "model"; students only, the teacher stays on pmap; see
+    # rec_jax/train/mesh.py). mesh_shape: "auto" | "D,M" (one may be -1).
+    c.parallel = "pmap"
+    c.mesh_shape = "auto"
     c.dtype = "float32"  # compute dtype of every model; bfloat16: bf16 compute, fp32 params/losses
     c.data = ConfigDict()
     c.data.variant = "100k"  # TFDS builder config: 100k | 1m

@@ -35,7 +35,7 @@ from rec_jax.eval import report
 from rec_jax.eval.evaluator import Evaluator, ctr_metrics
 from rec_jax.models import registry
 from rec_jax.models.students import Popularity
-from rec_jax.train import trainer
+from rec_jax.train import parallel, trainer
 
 STAGES = ("all", "teacher", "student", "eval")
 
@@ -157,12 +157,28 @@ def bert_user_text_ms(config, dataset, repeats: int = 20) -> float:
 # ---------------------------------------------------------------------------
 
 
+def make_evaluator(data, part: str, config, spec=None, layout=None, num_recs: int = 20):
+    """The full-ranking evaluator of one part: dense, or on the row-sharded
+    table in mesh mode for models with a user/item tower (MF, SASRec)."""
+    if layout is not None and layout.mesh is not None and spec is not None \
+            and spec.item_table_fn is not None:
+        from rec_jax.eval.sharded import ShardedEvaluator
+        return ShardedEvaluator(data, part, layout.mesh, spec.user_vectors_fn,
+                                spec.item_table_fn, config.eval.ks, config.eval.batch_users,
+                                num_recs)
+    return Evaluator(data, part, config.eval.ks, config.eval.batch_users, num_recs)
+
+
 def evaluate_model(name: str, score_fn, make_query, params, side, data, config, folder: str,
-                   ctr_logit_fn=None) -> dict:
-    """Valid and test metrics (+ recs/truth CSVs) for the given (best) params."""
+                   ctr_logit_fn=None, spec=None, layout=None) -> dict:
+    """Valid and test metrics (+ recs/truth CSVs) for the given (best) params.
+
+    With a mesh `layout` and a spec with towers, ranking runs on the
+    row-sharded item table (rec_jax.eval.sharded.ShardedEvaluator).
+    """
     result = {}
     for part in ("valid", "test"):
-        ev = Evaluator(data, part, config.eval.ks, config.eval.batch_users, config.eval.num_recs)
+        ev = make_evaluator(data, part, config, spec, layout, config.eval.num_recs)
         metrics, recs = ev.evaluate(score_fn, params, side, make_query)
         if jax.process_index() == 0 and recs is not None:
             ev.write_recs(recs, folder)
@@ -307,14 +323,21 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
     if "fusion" in flags and config.transfer.share != "none":  # (checked in registry.parts)
         spec = transfer_lib.with_shared_text(spec, config.transfer.share,
                                              teacher_params(config, workdir))
-    valid_eval = Evaluator(data, "valid", config.eval.ks, config.eval.batch_users)
+    # Mesh mode covers the students (their item tables shard by rows); the
+    # teacher, whose item vectors come out of BERT, trains with pmap.
+    layout = parallel.make_layout(config, name, data.num_items,
+                                  can_mesh=not name.startswith("teacher"))
+    if layout.mesh is not None and spec.item_table_fn is None:
+        print(f"[{name}] mesh mode: no user/item towers to rank on the sharded table; "
+              "evaluating with the dense evaluator", flush=True)
+    valid_eval = make_evaluator(data, "valid", config, spec, layout)
     seed = config.seed
     if name.startswith("teacher") and cfg.seed >= 0:
         seed = cfg.seed
-    fitted = trainer.fit(spec, cfg, side, folder, valid_eval, seed, config.progress)
+    fitted = trainer.fit(spec, cfg, side, folder, valid_eval, seed, config.progress, layout)
     train_seconds = time.time() - t0
     result = evaluate_model(name, spec.score_fn, spec.make_query, fitted.params, side, data,
-                            config, folder, spec.ctr_logit_fn)
+                            config, folder, spec.ctr_logit_fn, spec, layout)
     serving_params = fitted.params["student"] if "kd" in flags else fitted.params
     result["info"] = {
         "num_params": registry.num_params(serving_params),
@@ -325,6 +348,8 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
         "steps_done": fitted.meta.get("steps_done"),
         "stopped_early": fitted.meta["stopped_early"],
     }
+    if config.get("parallel", "pmap") != "pmap":
+        result["info"]["parallel"] = layout.name
     if name.startswith("teacher"):
         _finish_teacher(name, spec, cfg, fitted.params, side, data, config, folder, result)
     else:
@@ -374,6 +399,7 @@ def run(config, workdir: str, stage: str = "all") -> dict:
     """Runs the job described by config in workdir; returns all results."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
+    parallel.check_config(config)
     os.makedirs(workdir, exist_ok=True)
     _write_json(os.path.join(workdir, "run.json"), {
         "config": config.to_dict(), "machine": machine_description(), "commit": _git_commit(),

@@ -23,8 +23,8 @@ from rec_jax.eval.evaluator import Evaluator, QueryFn
 from rec_jax.train import optim
 from rec_jax.train.checkpoint import Checkpointer
 from rec_jax.train.logger import MetricLogger
-from rec_jax.train.step import (LossFn, init_state, make_pmapped_step, replicate,
-                                unreplicate)
+from rec_jax.train.parallel import PmapLayout
+from rec_jax.train.step import LossFn, init_state
 
 
 @dataclasses.dataclass
@@ -43,6 +43,11 @@ class ModelSpec:
       ctr_logit_fn: (params, users, items, side) -> logits, for CTR models.
       module: the Linen module (for parameter counts and serving timings).
       freeze_steps: optimizer group -> initial steps with zero updates.
+      user_vectors_fn: (params, query, side) -> [B, d], and
+      item_table_fn: (params, side) -> ([num_items, d], [num_items] bias or
+        None), for models that score by a dot product (MF, SASRec): mesh mode
+        ranks them over a row-sharded table (rec_jax.eval.sharded). None: the
+        model is evaluated through score_fn only.
     """
 
     name: str
@@ -56,6 +61,8 @@ class ModelSpec:
     ctr_logit_fn: Callable | None = None
     module: Any = None
     freeze_steps: dict | None = None
+    user_vectors_fn: Callable | None = None
+    item_table_fn: Callable | None = None
 
 
 class TrainingInterrupted(SystemExit):
@@ -84,7 +91,7 @@ class FitResult:
 
 
 def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed: int,
-        progress: str = "auto") -> FitResult:
+        progress: str = "auto", layout=None) -> FitResult:
     """Trains spec's model, resuming from folder/ckpt if a checkpoint exists.
 
     Args:
@@ -95,6 +102,8 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
       evaluator: validation evaluator (model selection and early stopping).
       seed: seeds init, data order and step randomness.
       progress: progress display mode (see MetricLogger).
+      layout: how the step is laid over devices (rec_jax.train.parallel);
+        default pmap.
     """
     # ------------------------------------------------------------------ setup
     tcfg = cfg.train
@@ -128,9 +137,9 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
     logger = MetricLogger(folder, start, total_steps, spec.name, progress)
 
     # ------------------------------------------------------------------- loop
-    p_step = make_pmapped_step(spec.loss_fn, tx)
-    state_r = replicate(state)
-    side_r, frozen_r = replicate(side), replicate(spec.frozen)
+    layout = layout or PmapLayout()
+    step_fn, state_dev, side_dev, frozen_dev = layout.prepare(spec.loss_fn, tx, state, side,
+                                                              spec.frozen)
     interrupted = _SigtermFlag()
     sums_acc, last_log_step = None, start
     log_every = max(1, tcfg.log_every_steps)
@@ -139,10 +148,12 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
 
     def save(step_now):
         nonlocal sums_acc
-        ckpt.save(step_now, {"state": unreplicate(state_r), "best": best_params}, meta)
+        ckpt.save(step_now, {"state": layout.host(state_dev), "best": best_params}, meta)
 
     def check_finite(step_now):
-        if sums_acc is not None and float(jax.device_get(sums_acc["nonfinite"][0])) > 0:
+        if sums_acc is None:
+            return
+        if float(jax.device_get(layout.first(sums_acc["nonfinite"]))) > 0:
             good = ckpt.latest_step()
             raise NonFiniteLoss(
                 f"[{spec.name}] loss became NaN/inf between steps {last_log_step} and {step_now}; "
@@ -152,21 +163,21 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
 
     try:
         step = start
-        for batch in pipeline.device_batches(start, total_steps):
-            state_r, sums = p_step(state_r, batch, side_r, frozen_r, step_key)
+        for batch in layout.batches(pipeline, start, total_steps):
+            state_dev, sums = step_fn(state_dev, batch, side_dev, frozen_dev, step_key)
             sums_acc = sums if sums_acc is None else jax.tree.map(lambda a, b: a + b, sums_acc, sums)
             step += 1
             logger.step()
 
             if step % log_every == 0 or step == total_steps:
                 check_finite(step)
-                host = jax.device_get(jax.tree.map(lambda x: x[0], sums_acc))
+                host = jax.device_get(layout.first(sums_acc))
                 logger.write(step, _train_scalars(host, step - last_log_step, time.time() - t_start))
                 sums_acc, last_log_step, t_start = None, step, time.time()
 
             if step % eval_every == 0 or step == total_steps:
                 check_finite(step)
-                params_now = unreplicate(state_r.params)
+                params_now = layout.host(state_dev.params)
                 result, _ = evaluator.evaluate(spec.score_fn, params_now, side, spec.make_query,
                                                keep_recs=False)
                 metric = result[tcfg.select_metric]
