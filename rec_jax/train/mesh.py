@@ -30,6 +30,22 @@ Example::
     for batch in pipeline.mesh_batches(0, steps, batch_sharding(mesh)):
         state, sums = step(state, batch, side, frozen, key)
 
+**In the trainer.** ``--config.parallel=mesh`` (default ``"pmap"``, which
+runs exactly what it always ran) makes ``python -m rec_jax.main`` train the
+students (MF, SASRec, DeepFM, and their ``_kd`` / ``_transfer`` / ``_fusion``
+variants) with :func:`make_mesh_step` on the mesh given by
+``config.mesh_shape``: ``"D,M"`` (one may be -1) or ``"auto"``, the largest
+model axis dividing both the device count and the catalogue (ml-100k on 4
+devices: (2, 2)). The global batch is still ``batch_size_per_device`` x
+devices. Checkpoints are the usual Orbax ones, gathered to the host on save
+and placed back on the mesh on resume (so single-host only for now).
+Validation and test ranking of MF and SASRec run on the row-sharded table
+(:class:`rec_jax.eval.sharded.ShardedEvaluator`); DeepFM, whose score is an
+MLP, is ranked by the dense evaluator (a printed note says so). The teacher
+(item vectors from BERT) is not covered: it trains with pmap and a logged
+message, so one config still runs the whole pipeline. Layouts:
+:mod:`rec_jax.train.parallel`.
+
 A table whose row count the "model" axis does not divide stays replicated
 (``jax.Array`` shards must be equal); pad the catalogue to a multiple of the
 model axis to shard it.
