@@ -32,8 +32,9 @@ Example::
 
 **In the trainer.** ``--config.parallel=mesh`` (default ``"pmap"``, which
 runs exactly what it always ran) makes ``python -m rec_jax.main`` train the
-students (MF, SASRec, DeepFM, and their ``_kd`` / ``_transfer`` / ``_fusion``
-variants) with :func:`make_mesh_step` on the mesh given by
+students (MF, SASRec, DeepFM; their ``_kd`` / ``_transfer`` / ``_fusion``
+variants take the same path but are not yet tested in mesh mode) with
+:func:`make_mesh_step` on the mesh given by
 ``config.mesh_shape``: ``"D,M"`` (one may be -1) or ``"auto"``, the largest
 model axis dividing both the device count and the catalogue (ml-100k on 4
 devices: (2, 2)). The global batch is still ``batch_size_per_device`` x
