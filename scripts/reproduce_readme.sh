@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Reruns everything the README quotes, in order, into workdir/ (resumable:
 # finished runs are skipped, interrupted ones resume). CPU-only; about 5-6 hours
-# on a 2-core machine. Then `python -m rec_jax.experiments report workdir/<grid>`
-# prints each grid's table.
+# on a 2-core machine (the 2026-11-28 session ran it two jobs at a time in about
+# 2.5 hours). Then `python -m rec_jax.experiments report workdir/<grid>` prints
+# each grid's table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-grid() { $PY -m rec_jax.experiments run "experiments/$1.py" --root="workdir/$1"; \
-         $PY -m rec_jax.experiments report "workdir/$1" > "workdir/$1/summary.txt"; }
+grid() { $PY -m rec_jax.experiments run "experiments/$1.py" --root="workdir/$1" "${@:2}" \
+           -- --config.progress=off; }
+summary() { $PY -m rec_jax.experiments report "workdir/$1" "${@:2}" > "workdir/$1/summary.txt"; }
 job() { $PY -m rec_jax.main --config="$1" --workdir="$2" --config.progress=off "${@:3}"; }
 
-grid main_seeds        # main job, seeds 0-2: KD gains, teacher vs students
-grid label_fraction    # cold start + NDCG vs label fraction, seeds 0-2
-grid kd_terms          # each distillation term off in turn
-grid temperature       # distillation temperature
-grid precision         # bf16 vs fp32
+grid main_seeds; summary main_seeds                 # main job, seeds 0-2: KD gains
+grid label_fraction --only train_fraction=1_         # cold start, all labels, seeds 0-2
+grid label_fraction --only train_fraction=0.1_       # 10% of the labels, seeds 0-2
+summary label_fraction --metric ndcg@10 recall@10 cold/recall@10 cold_only/recall@10 tail/ndcg@10
+grid kd_terms; summary kd_terms                     # each distillation term off in turn
+grid temperature; summary temperature               # distillation temperature
+grid precision --only seed=0; summary precision     # bf16 vs fp32
 job configs/ml100k_mf.py workdir/ml100k_mf                      # MF vs RecBole's BPR (ratio)
 job configs/ml100k_teacher.py workdir/teacher_loo               # teacher vs Pop/MF, loo_time
+# (the README's loo_time teacher row is the main job's teacher: same config and split)
 job configs/ml100k_teacher.py workdir/teacher_ratio --config.data.split=ratio
-$PY -m rec_jax.bench --out workdir/bench/bench.json             # speed table
+$PY -m rec_jax.bench --sizes ml100k,100k,1m --out workdir/bench/bench.json   # speed table (idle machine)
