@@ -82,13 +82,22 @@ class Evaluator:
         rank = _ranker(score_fn, self.ks, self.max_k, tuple(self.segments),
                        "cold" in self.segments)
         seg_masks = {k: jnp.asarray(v) for k, v in self.segments.items()}
-        totals: dict[str, float] = {}
-        rec_users, rec_items, rec_scores = [], [], []
-        for users, mask in self.batches():
+
+        def rank_batch(users, mask):
             query = make_query(users, self.part)
             exclude = self.known.dense(users)
             truth = self.truth.dense(users)
-            sums, top_items, top_scores = rank(params, query, side, exclude, truth, mask, seg_masks)
+            return rank(params, query, side, exclude, truth, mask, seg_masks)
+
+        return self._collect(rank_batch, keep_recs)
+
+    def _collect(self, rank_batch, keep_recs: bool):
+        """Runs rank_batch(users, mask) -> (sums, top_items, top_scores) over every
+        batch of users; returns the finalized metrics and (optionally) the recs."""
+        totals: dict[str, float] = {}
+        rec_users, rec_items, rec_scores = [], [], []
+        for users, mask in self.batches():
+            sums, top_items, top_scores = rank_batch(users, mask)
             for k, v in jax.device_get(sums).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
             if keep_recs:

@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rec_jax.data.interactions import CSR, SplitData
 from rec_jax.eval import metrics as metrics_lib
-from rec_jax.eval.evaluator import Evaluator, _finalize_segments
+from rec_jax.eval.evaluator import Evaluator
 from rec_jax.train.mesh import DATA, MODEL, tree_shardings
 
 
@@ -197,9 +197,8 @@ class ShardedEvaluator(Evaluator):
             _, cold_bias_s, _ = shard_item_table(table, jnp.where(cold, bias, -jnp.inf), self.mesh)
         seg_masks = {k: jnp.asarray(v) for k, v in self.segments.items()}
         sums_fn = _sharded_sums(self.ks, tuple(self.segments))
-        totals: dict[str, float] = {}
-        rec_users, rec_items, rec_scores = [], [], []
-        for users, mask in self.batches():
+
+        def rank_batch(users, mask):
             user_vecs = self.user_vectors_fn(params, make_query(users, self.part), side)
             known = known_item_ids(self.known, users, self.known_width)
             top_scores, top_items = sharded_top_k(user_vecs, table_s, bias_s, known, self.max_k,
@@ -208,21 +207,10 @@ class ShardedEvaluator(Evaluator):
             if cold_bias_s is not None:
                 _, cold_top = sharded_top_k(user_vecs, table_s, cold_bias_s, known, self.max_k,
                                             self.mesh, n)
-            truth = self.truth.dense(users)
-            sums = sums_fn(top_items, cold_top, truth, mask, seg_masks)
-            for k, v in jax.device_get(sums).items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-            if keep_recs:
-                count = int(mask.sum())
-                rec_users.append(users[:count])
-                rec_items.append(np.asarray(top_items)[:count, :self.num_recs])
-                rec_scores.append(np.asarray(top_scores)[:count, :self.num_recs])
-        result = _finalize_segments(totals)
-        recs = None
-        if keep_recs and rec_users:
-            recs = {"user": np.concatenate(rec_users), "items": np.concatenate(rec_items),
-                    "scores": np.concatenate(rec_scores)}
-        return result, recs
+            sums = sums_fn(top_items, cold_top, self.truth.dense(users), mask, seg_masks)
+            return sums, top_items, top_scores
+
+        return self._collect(rank_batch, keep_recs)
 
 
 @functools.lru_cache(maxsize=16)
