@@ -37,6 +37,7 @@ def _config():
     config.data.split = "ratio"  # the ml100k_ratio fixture's split
     # Shorter histories than `tiny`: compile time, not coverage, is what they cost.
     config.teacher.max_len = 10
+    config.teacher.profile_len = 10  # the ratio split's teacher reads a bag (profile tower)
     config.model.sasrec.max_len = 10
     config.teacher.artifact_topk = ARTIFACT_TOPK
     return config
@@ -50,7 +51,8 @@ def _make_setup(data):
     params = jax.jit(teacher.init)(jax.random.PRNGKey(0))  # jit: faster than eager init here
     arrays = artifacts_lib.compute(teacher.module, params, side, data, teacher.make_query,
                                    ARTIFACT_TOPK)
-    dim, max_len, temp = config.teacher.dim, config.teacher.max_len, config.teacher.temperature
+    dim, temp = config.teacher.dim, config.teacher.temperature
+    max_len = registry.teacher_history_len(config.teacher, data)
     bundles = {
         "cached": kd.TeacherBundle("cached", dim, max_len, temp, artifacts=arrays),
         "online": kd.TeacherBundle("online", dim, max_len, temp, module=teacher.module,
@@ -102,7 +104,7 @@ def test_artifacts_have_documented_shapes(setup):
 def test_online_teacher_view_matches_artifacts(setup):
     """Online mode runs the teacher deterministically: it reproduces the cached
     artifacts (computed with deterministic=True) although the teacher has dropout."""
-    assert setup["config"].teacher.dropout > 0  # so dropout in the step would show
+    assert setup["teacher"].module.dropout > 0  # so dropout in the step would show
     topk = int(setup["config"].distill.topk)
     views = {}
     for mode in ("cached", "online"):

@@ -292,3 +292,18 @@ def test_kth_largest_counts_ties_once():
     x = jnp.array([[3.0, 3.0, 2.0, 1.0]])
     assert float(objectives.kth_largest(x, 2)[0, 0]) == 2.0
     assert float(objectives.top_k_by_passes(x, 2)[0][0, 1]) == 3.0  # top_k keeps both 3s
+
+
+def test_softmax_ce_with_one_row_shared_by_several_targets():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(3, 1, 7)), jnp.float32)
+    targets = jnp.array([[1, 4, -1], [0, -1, -1], [6, 2, 3]])
+    mask = targets >= 0
+    shared = objectives.softmax_ce_loss(logits, targets, mask)
+    # The same as repeating the row for every target.
+    repeated = objectives.softmax_ce_loss(jnp.repeat(logits, 3, axis=1), targets, mask)
+    np.testing.assert_allclose(shared, repeated, rtol=1e-6)
+    log_p = np.asarray(jax.nn.log_softmax(logits[:, 0]))
+    expected = -np.mean([log_p[0, 1], log_p[0, 4], log_p[1, 0], log_p[2, 6], log_p[2, 2],
+                         log_p[2, 3]])
+    np.testing.assert_allclose(shared, expected, rtol=1e-6)

@@ -168,3 +168,43 @@ def test_bitmap_and_binary_search_membership_agree(ml100k_ratio, source):
         a = _pipe(source).host_batch(step)
         b = _pipe(slow_source).host_batch(step)
         _assert_same([a], [b])
+
+
+@pytest.mark.parametrize("targets", ["heldout", "all"])
+def test_profile_source_hides_part_of_each_bag(ml100k_ratio, targets):
+    from rec_jax.data.pipeline import ProfileSource
+    source = ProfileSource(ml100k_ratio, max_len=64, holdout=0.3, targets=targets)
+    ids = np.arange(40)
+    batch = source.make_batch(ids, np.random.default_rng(3))
+    again = source.make_batch(ids, np.random.default_rng(3))
+    other = source.make_batch(ids, np.random.default_rng(4))
+    for k in batch:
+        np.testing.assert_array_equal(batch[k], again[k])  # a function of the rng
+    assert not np.array_equal(batch["inputs"], other["inputs"])  # and it varies with it
+    train = ml100k_ratio.train
+    hidden_share = []
+    for k, u in enumerate(batch["user"]):
+        items, values = train.row(u), train.row_values(u)
+        shown = batch["inputs"][k][batch["inputs"][k] >= 0]
+        target = batch["targets"][k][batch["targets"][k] >= 0]
+        # Left-aligned, no duplicates, all from the user's own training items.
+        assert (batch["inputs"][k][:len(shown)] >= 0).all()
+        assert len(set(shown)) == len(shown) and len(set(target)) == len(target)
+        assert set(shown) <= set(items) and set(target) <= set(items)
+        assert len(shown) >= 1
+        if targets == "heldout":
+            assert len(target) >= 1 and not set(shown) & set(target)
+            assert len(shown) + len(target) == min(len(items), 64)
+            hidden_share.append(len(target) / (len(shown) + len(target)))
+        else:
+            assert set(shown) < set(target) and len(target) == min(len(items), 64)
+        rating = dict(zip(items, values))
+        np.testing.assert_array_equal(batch["target_ratings"][k][:len(target)],
+                                      [rating[i] for i in target])
+        assert (batch["target_ratings"][k][len(target):] == 0).all()
+    if hidden_share:
+        assert 0.2 < np.mean(hidden_share) < 0.4
+    with pytest.raises(ValueError, match="holdout"):
+        ProfileSource(ml100k_ratio, 8, holdout=1.0)
+    with pytest.raises(ValueError, match="targets"):
+        ProfileSource(ml100k_ratio, 8, targets="some")

@@ -8,6 +8,7 @@ tower tests load the real MiniLM-L6 (a few item sentences, 16 tokens).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax
@@ -191,6 +192,73 @@ def test_teacher_output_shapes():
     assert np.abs(np.asarray(r["dropout"]["logits"]) - np.asarray(out["logits"])).max() > 1e-4
 
 
+def test_profile_teacher_shapes_and_bag_order():
+    """The profile tower: one state per user shared by all held-out targets, a
+    sampled softmax consistent with the full one, and a bag whose order and
+    padding layout do not matter."""
+    module, side, batch = _teacher(user_tower="profile"), _side(), _batch()
+    T = teacher_lib.Teacher
+    # The same bags, reversed and with the padding moved to the other side.
+    shuffled = np.full_like(batch["inputs"], -1)
+    for k, row in enumerate(batch["inputs"]):
+        items = row[row >= 0][::-1]
+        shuffled[k, :len(items)] = items
+    sampled = jnp.array([0, 2, 4, 6, 8])
+
+    @jax.jit
+    def run(key):
+        params = module.init(key, batch, side)["params"]
+        apply = functools.partial(module.apply, {"params": params})
+        return {
+            "params": params,
+            "out": apply(batch, side),
+            "sampled": apply(batch, side, sampled=sampled),
+            "users": apply({"user": batch["user"], "inputs": batch["inputs"]}, side,
+                           method=T.outputs_for_users),
+            "shuffled": apply({"user": batch["user"], "inputs": shuffled}, side,
+                              method=T.score_all),
+        }
+
+    r = run(jax.random.PRNGKey(0))
+    out, b = r["out"], batch["user"].shape[0]
+    assert "bag_item_id" in r["params"] and "position" not in r["params"]["history"]
+    assert out["logits"].shape == (b, 1, I)
+    assert out["ctr_logit"].shape == batch["targets"].shape
+    assert r["sampled"]["logits"].shape == batch["targets"].shape + (1 + 5,)
+    t = np.where(batch["targets"] >= 0, batch["targets"], 0)
+    np.testing.assert_allclose(r["sampled"]["logits"][..., 0],
+                               np.take_along_axis(np.asarray(out["logits"][:, 0]), t, -1),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["user_emb"], r["users"]["user_vec"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r["shuffled"], r["users"]["logits"], rtol=1e-4, atol=1e-5)
+    # A different bag is a different user.
+    assert np.abs(np.asarray(r["users"]["user_vec"][0] - r["users"]["user_vec"][1])).max() > 1e-3
+    with pytest.raises(ValueError, match="user_tower"):
+        _param_names(_teacher(user_tower="bag"))
+
+
+def test_registry_resolves_the_user_tower_by_split(ml100k_ratio):
+    cfg = common.teacher_section()
+    assert cfg.user_tower == "auto"
+    assert registry.teacher_user_tower(cfg, ml100k_ratio) == "profile"
+    assert registry.teacher_history_len(cfg, ml100k_ratio) == cfg.profile_len
+    profile = registry.teacher_module(cfg, ml100k_ratio)
+    assert (profile.num_layers, profile.dropout, profile.text_scale) == (
+        cfg.profile_layers, cfg.profile_dropout, cfg.profile_text_scale)
+    for name in ("loo_time", "cold_items"):
+        other = dataclasses.replace(ml100k_ratio,
+                                    split=dataclasses.replace(ml100k_ratio.split, name=name))
+        assert registry.teacher_user_tower(cfg, other) == "causal"
+        assert registry.teacher_history_len(cfg, other) == cfg.max_len
+    cfg.user_tower = "causal"
+    causal = registry.teacher_module(cfg, ml100k_ratio)
+    assert (causal.user_tower, causal.num_layers, causal.dropout, causal.text_scale) == (
+        "causal", cfg.num_layers, cfg.dropout, 1.0)
+    cfg.user_tower = "bag"
+    with pytest.raises(ValueError, match="user_tower='bag'"):
+        registry.teacher_user_tower(cfg, ml100k_ratio)
+
+
 def _param_names(module):
     """Top-level param names, from shapes alone (no init is run)."""
     return set(jax.eval_shape(module.init, jax.random.PRNGKey(0), _batch(), _side())["params"])
@@ -239,6 +307,12 @@ def test_unseen_items_get_no_id_contribution():
     after = np.asarray(tower(moved)[0])
     np.testing.assert_array_equal(after[unseen], base[unseen])
     assert np.all(np.abs(after[seen] - base[seen]) > 0.5)
+    # text_scale multiplies the text path only (the profile tower's setting).
+    scaled = np.asarray(jax.jit(lambda p: _teacher(text_scale=0.25).apply(
+        {"params": p}, side, method=T.item_vectors))(params))
+    np.testing.assert_allclose(scaled[unseen], 0.25 * text_only[unseen], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scaled[seen], 0.25 * text_only[seen] + np.asarray(
+        params["item_id"]["embedding"])[seen], rtol=1e-5, atol=1e-6)
 
 
 def test_text_tower_params_form_the_encoder_optimizer_group(ml100k_ratio):

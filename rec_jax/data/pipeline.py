@@ -170,6 +170,54 @@ class SequenceSource:
         return batch
 
 
+class ProfileSource:
+    """Per-user bags with held-out items, for whole-profile user towers.
+
+    Each example is one user with at least two training items. Every step
+    draws a fresh random split of (up to ``max_len`` of) the user's training
+    items: each is held out with probability ``holdout`` (at least one is,
+    and at least one stays visible). ``inputs`` holds the visible items and
+    ``targets`` the held-out ones (``targets="heldout"``: the model learns to
+    predict what was hidden from it, the task a random-holdout split such as
+    ``ratio`` evaluates) or the whole bag (``targets="all"``: a denoising
+    auto-encoder, as Mult-DAE), each left-aligned and padded with -1;
+    ``target_ratings`` carries the targets' ratings (0 where padded).
+    """
+
+    def __init__(self, data: SplitData, max_len: int, holdout: float = 0.2,
+                 targets: str = "heldout"):
+        if not 0.0 < holdout < 1.0:
+            raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+        if targets not in ("heldout", "all"):
+            raise ValueError(f"targets={targets!r}: use 'heldout' or 'all'")
+        self.all_targets = targets == "all"
+        lengths = data.train.lengths()
+        self.user_ids = np.flatnonzero(lengths >= 2).astype(np.int32)
+        self.data, self.max_len, self.holdout = data, max_len, holdout
+        self.num_examples = len(self.user_ids)
+
+    def make_batch(self, example_ids, rng):
+        users = self.user_ids[example_ids]
+        inputs = np.full((len(users), self.max_len), -1, np.int32)
+        targets = np.full((len(users), self.max_len), -1, np.int32)
+        ratings = np.zeros((len(users), self.max_len), np.float32)
+        train = self.data.train
+        for k, u in enumerate(users):
+            items, values = train.row(u), train.row_values(u)
+            order = rng.permutation(len(items))[:self.max_len]
+            held = rng.random(len(order)) < self.holdout
+            if held.all() or not held.any():
+                held[:] = False
+                held[rng.integers(len(order))] = True
+            hidden, shown = order[held], order[~held]
+            if self.all_targets:
+                hidden = order
+            inputs[k, :len(shown)] = items[shown]
+            targets[k, :len(hidden)] = items[hidden]
+            ratings[k, :len(hidden)] = values[hidden]
+        return {"user": users, "inputs": inputs, "targets": targets, "target_ratings": ratings}
+
+
 class CTRSource:
     """Labelled (user, item) pairs for CTR models.
 

@@ -40,12 +40,20 @@ def softmax_ce_loss(logits: jnp.ndarray, targets: jnp.ndarray,
     """Cross-entropy of a softmax over all items.
 
     Args:
-      logits: [..., num_items].
+      logits: [..., num_items]; its leading axes may be 1 where the targets'
+        are larger (one softmax row shared by several targets, e.g. all the
+        held-out items of a user).
       targets: [...] item ids; entries where mask is False are ignored.
       mask: [...] bool, or None for all.
     """
     safe = jnp.where(targets < 0, 0, targets)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+    logits = logits.astype(jnp.float32)
+    if logits.shape[:-1] == safe.shape:
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
+    else:
+        # Gather from the shared row instead of materialising [..., T, num_items].
+        log_p = jax.nn.log_softmax(logits, axis=-1)
+        losses = -jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
     return _masked_mean(losses, mask)
 
 

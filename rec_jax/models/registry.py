@@ -19,7 +19,8 @@ import numpy as np
 from rec_jax.data import features as features_lib
 from rec_jax.data import raw
 from rec_jax.data.interactions import SplitData
-from rec_jax.data.pipeline import CTRSource, NegativeSampler, PairSource, SequenceSource
+from rec_jax.data.pipeline import (CTRSource, NegativeSampler, PairSource, ProfileSource,
+                                   SequenceSource)
 from rec_jax.distill import objectives, transfer
 from rec_jax.models import bert as bert_lib
 from rec_jax.models import students
@@ -277,12 +278,34 @@ def deepfm_parts(name: str, cfg, data: SplitData, side: dict, **module_kw) -> Pa
 # ---------------------------------------------------------------------------
 
 
+def teacher_user_tower(cfg, data: SplitData) -> str:
+    """config.teacher.user_tower, with "auto" resolved by the split: the
+    whole-profile tower for `ratio` (random held-out interactions, whole-profile
+    taste), the causal next-item tower for `loo_time` and `cold_items` (whose
+    measured cold-start results in the README were made with it)."""
+    tower = cfg.user_tower
+    if tower == "auto":
+        return "profile" if data.split.name == "ratio" else "causal"
+    if tower not in teacher_lib.USER_TOWERS:
+        raise ValueError(f"config.teacher.user_tower={tower!r}: use 'auto' or one of "
+                         f"{teacher_lib.USER_TOWERS}")
+    return tower
+
+
+def teacher_history_len(cfg, data: SplitData) -> int:
+    """How many of a user's latest items the teacher's user tower reads."""
+    return cfg.profile_len if teacher_user_tower(cfg, data) == "profile" else cfg.max_len
+
+
 def teacher_parts(name: str, cfg, data: SplitData, side: dict, dtype=jnp.float32) -> Parts:
     """The BERT teacher; `teacher_textonly` drops the ID embeddings."""
     settings = bert_lib.BertSettings.from_hf_config(cfg.bert_path or bert_lib.default_bert_path())
     first_layer = teacher_lib.parse_freeze(cfg.freeze, settings.num_layers)
     module = teacher_module(cfg, data, name, settings, dtype)
-    source = SequenceSource(data, cfg.max_len)
+    if module.user_tower == "profile":
+        source = ProfileSource(data, cfg.profile_len, cfg.profile_holdout, cfg.profile_targets)
+    else:
+        source = SequenceSource(data, cfg.max_len)
     weights = cfg.loss_weights
     if cfg.softmax not in ("full", "sampled"):
         raise ValueError(f"config.teacher.softmax={cfg.softmax!r}: use 'full' or 'sampled'")
@@ -321,7 +344,8 @@ def teacher_parts(name: str, cfg, data: SplitData, side: dict, dtype=jnp.float32
     def label_fn(path):
         return "encoder" if path[0] == "text" else "heads"
 
-    return Parts(name, module, source, init, hard_fn, score_fn, history_query(data, cfg.max_len),
+    return Parts(name, module, source, init, hard_fn, score_fn,
+                 history_query(data, teacher_history_len(cfg, data)),
                  cfg.dim, None, ctr_logit_fn, label_fn if first_layer is not None else None)
 
 
@@ -330,13 +354,16 @@ def teacher_module(cfg, data: SplitData, name: str = "teacher",
                    dtype=jnp.float32) -> teacher_lib.Teacher:
     settings = settings or bert_lib.BertSettings.from_hf_config(
         cfg.bert_path or bert_lib.default_bert_path())
+    tower = teacher_user_tower(cfg, data)
     return teacher_lib.Teacher(
-        data.num_users, data.num_items, len(raw.GENRES), cfg.dim, cfg.max_len, cfg.num_layers,
-        cfg.num_heads, cfg.dropout, use_ids=cfg.use_ids and not name.endswith("_textonly"),
+        data.num_users, data.num_items, len(raw.GENRES), cfg.dim, cfg.max_len,
+        cfg.profile_layers if tower == "profile" else cfg.num_layers, cfg.num_heads,
+        cfg.profile_dropout if tower == "profile" else cfg.dropout, use_ids=cfg.use_ids and not name.endswith("_textonly"),
         use_text=cfg.use_text, user_ids=cfg.user_ids, temperature=cfg.temperature,
         bert_settings=settings,
         text_first_layer=teacher_lib.parse_freeze(cfg.freeze, settings.num_layers),
-        dtype=dtype, ffn_mult=cfg.ffn_mult)
+        dtype=dtype, ffn_mult=cfg.ffn_mult, user_tower=tower,
+        text_scale=cfg.profile_text_scale if tower == "profile" else 1.0)
 
 
 PARTS = {"mf": mf_parts, "sasrec": sasrec_parts, "deepfm": deepfm_parts,

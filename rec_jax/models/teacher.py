@@ -3,8 +3,16 @@
 Item tower: BERT over the item text (mean-pooled), projected to the model
 width, plus an item ID embedding (on by default, so the teacher sees all the
 students see plus the text). User tower: the profile text through the same
-BERT, plus a user ID embedding, plus a causal transformer over the user's
-history of item vectors. Heads:
+BERT, plus a user ID embedding, plus one of two history encoders:
+
+* ``causal``: a causal transformer over the latest items in time order,
+  trained to predict each next item (next-item splits such as ``loo_time``);
+* ``profile``: a set encoder over a bag of the user's items, trained to
+  predict items held out of the bag (Mult-DAE-like; for splits that hold out
+  random interactions, ``ratio`` and ``cold_items``, where whole-profile
+  taste matters more than the latest item).
+
+Heads:
 
 * ranking: score(u, i) = (<u, i> + b_i) / temperature, softmax over items
   (full catalogue, or the positive plus shared sampled negatives);
@@ -31,7 +39,9 @@ import jax
 import jax.numpy as jnp
 
 from rec_jax.models import bert as bert_lib
-from rec_jax.models.layers import SequenceEncoder
+from rec_jax.models.layers import ProfileEncoder, SequenceEncoder
+
+USER_TOWERS = ("causal", "profile")
 
 
 def parse_freeze(freeze: str, num_layers: int) -> int | None:
@@ -75,13 +85,18 @@ class TextTower(nn.Module):
 
 
 class Teacher(nn.Module):
-    """Text + ID two-tower recommender with a sequential user tower and three heads.
+    """Text + ID two-tower recommender with a history-based user tower and three heads.
 
     Attributes:
       num_users, num_items, num_genres: sizes.
       dim: model width.
-      max_len: history window.
+      max_len: history window of the causal tower (its position table).
       num_layers, num_heads, dropout, ffn_mult: the history transformer.
+      user_tower: "causal" (next-item) or "profile" (bag of items, one state).
+      text_scale: a fixed factor on both text projections' outputs. Below 1
+        it starts the text paths small and slows them under Adam by the same
+        factor, so that the ID embeddings, not the shared text map, carry the
+        collaborative signal (the profile tower needs it; see configs/common.py).
       use_ids: add ID embeddings to the text vectors.
       use_text: use item / user text at all (False: an ID-only teacher).
       user_ids: add a user ID embedding to the user tower (with use_ids).
@@ -107,6 +122,8 @@ class Teacher(nn.Module):
     text_first_layer: int | None = None
     dtype: Any = jnp.float32
     ffn_mult: int = 2
+    user_tower: str = "causal"
+    text_scale: float = 1.0
 
     def setup(self):
         if not (self.use_ids or self.use_text):
@@ -122,8 +139,20 @@ class Teacher(nn.Module):
             if self.user_ids:
                 self.user_id = nn.Embed(self.num_users, self.dim, embedding_init=init)
             self.item_bias = self.param("item_bias", nn.initializers.zeros, (self.num_items,))
-        self.history = SequenceEncoder(self.dim, self.num_layers, self.num_heads, self.dropout,
-                                       self.max_len, self.dtype, self.ffn_mult)
+        if self.user_tower == "causal":
+            self.history = SequenceEncoder(self.dim, self.num_layers, self.num_heads,
+                                           self.dropout, self.max_len, self.dtype, self.ffn_mult)
+        elif self.user_tower == "profile":
+            self.history = ProfileEncoder(self.dim, self.num_layers, self.num_heads, self.dropout,
+                                          self.dtype, self.ffn_mult)
+            if self.use_ids:
+                # Items as evidence of taste (in the bag) and as candidates
+                # get separate ID embeddings, as FISM's P and Q: a tied table
+                # makes every item its own best recommendation.
+                self.bag_item_id = nn.Embed(self.num_items, self.dim,
+                                            embedding_init=nn.initializers.normal(0.02))
+        else:
+            raise ValueError(f"user_tower={self.user_tower!r}: use one of {USER_TOWERS}")
         self.ctr_hidden = nn.Dense(self.dim)
         self.ctr_out = nn.Dense(1)
         self.genre_head = nn.Dense(self.num_genres)
@@ -144,7 +173,8 @@ class Teacher(nn.Module):
         """[num_items, dim]: projected item text (+ item ID embedding)."""
         v = 0.0
         if self.use_text:
-            v = self.item_text_proj(self._text_vectors(side, "item", deterministic))
+            v = self.text_scale * self.item_text_proj(self._text_vectors(side, "item",
+                                                                         deterministic))
         if self.use_ids:
             ids = self.item_id.embedding
             if self.use_text:
@@ -156,16 +186,21 @@ class Teacher(nn.Module):
 
     def user_static(self, users, side, deterministic: bool = True):
         """[B, dim]: projected profile text (+ user ID embedding)."""
-        s = 0.0
+        s = jnp.zeros((users.shape[0], self.dim))
         if self.use_text:
-            s = self.user_text_proj(self._text_vectors(side, "user", deterministic))[users]
+            s = s + self.text_scale * self.user_text_proj(
+                self._text_vectors(side, "user", deterministic))[users]
         if self.use_ids and self.user_ids:
             s = s + self.user_id(users)
         return s
 
     def user_states(self, query, items, side, deterministic: bool = True):
-        """[B, L, dim]: the user at every history position."""
-        states = self.history(items, query["inputs"], deterministic)
+        """[B, L, dim]: the user at every history position (causal), or [B, 1, dim]
+        after the whole bag (profile); position -1 is the user now, in both."""
+        table = items
+        if self.user_tower == "profile" and self.use_ids:
+            table = items + jnp.where(side["item_seen"][:, None], self.bag_item_id.embedding, 0.0)
+        states = self.history(table, query["inputs"], deterministic)
         return states + self.user_static(query["user"], side, deterministic)[:, None]
 
     def bias(self, side):
@@ -192,30 +227,36 @@ class Teacher(nn.Module):
         """Training outputs for a batch of user sequences.
 
         Args:
-          batch: "user" [B], "inputs" [B, L], "targets" [B, L] (-1 = padding).
+          batch: "user" [B], "inputs" [B, L], "targets" [B, T] (-1 = padding).
+            Causal tower: T = L, target t follows input t. Profile tower:
+            "inputs" is the visible bag and "targets" the held-out items, all
+            predicted from the one bag state.
           side: feature tables (see module docstring).
           sampled: optional [S] shared negative item ids for a sampled softmax.
 
         Returns:
-          "logits": [B, L, num_items] (full) or [B, L, 1 + S] (sampled; column 0
-          is the target), "ctr_logit": [B, L], "genre_logits": [num_items, G],
+          "logits": [B, S, num_items] (full; S = L causal, S = 1 profile, the
+          one row shared by all T targets) or [B, T, 1 + S] (sampled; column 0
+          is the target), "ctr_logit": [B, T], "genre_logits": [num_items, G],
           "user_emb": [B, dim] (last position), "item_emb": [num_items, dim].
         """
         items = self.item_vectors(side, deterministic)
         states = self.user_states(batch, items, side, deterministic)
         bias = self.bias(side)
         targets = jnp.where(batch["targets"] >= 0, batch["targets"], 0)
+        target_vecs = items[targets]
         if sampled is None:
             logits = self.rank_logits(states, items, bias)
         else:
-            pos = ((states * items[targets]).sum(-1) + bias[targets]) / self.temperature
+            pos = ((states * target_vecs).sum(-1) + bias[targets]) / self.temperature
             neg = self.rank_logits(states, items[sampled], bias[sampled])
             # A sampled item equal to the target is no negative.
             neg = jnp.where(sampled[None, None] == targets[..., None], -1e9, neg)
             logits = jnp.concatenate([pos[..., None], neg], axis=-1)
         return {
             "logits": logits.astype(jnp.float32),
-            "ctr_logit": self.ctr_logit(states, items[targets]).astype(jnp.float32),
+            "ctr_logit": self.ctr_logit(jnp.broadcast_to(states, target_vecs.shape),
+                                        target_vecs).astype(jnp.float32),
             "genre_logits": self.genre_logits(items).astype(jnp.float32),
             "user_emb": states[:, -1],
             "item_emb": items,

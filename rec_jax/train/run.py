@@ -271,11 +271,13 @@ def teacher_bundle(config, data, workdir: str) -> kd_lib.TeacherBundle:
     mode = config.distill.teacher_mode
     if mode == "cached":
         arrays = artifacts_lib.load(os.path.join(folder, "artifacts.npz"), config)
-        return kd_lib.TeacherBundle(mode, int(arrays["item_vec"].shape[1]), cfg.max_len,
+        return kd_lib.TeacherBundle(mode, int(arrays["item_vec"].shape[1]),
+                                    registry.teacher_history_len(cfg, data),
                                     float(arrays["temperature"]), artifacts=arrays)
     params = teacher_params(config, workdir)
     module = registry.teacher_module(cfg, data, dtype=jax.numpy.dtype(config.dtype))
-    return kd_lib.TeacherBundle(mode, cfg.dim, cfg.max_len, cfg.temperature, module=module,
+    return kd_lib.TeacherBundle(mode, cfg.dim, registry.teacher_history_len(cfg, data),
+                                cfg.temperature, module=module,
                                 params=params)
 
 
