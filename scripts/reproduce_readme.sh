@@ -23,4 +23,8 @@ job configs/ml100k_mf.py workdir/ml100k_mf                      # MF vs RecBole'
 job configs/ml100k_teacher.py workdir/teacher_loo               # teacher vs Pop/MF, loo_time
 # (the README's loo_time teacher row is the main job's teacher: same config and split)
 job configs/ml100k_teacher.py workdir/teacher_ratio --config.data.split=ratio
+for seed in 1 2; do                                              # the ratio teacher, seeds 1-2
+  job configs/ml100k_teacher.py "workdir/teacher_ratio_seed$seed" --config.data.split=ratio \
+      --config.seed="$seed"
+done
 $PY -m rec_jax.bench --sizes ml100k,100k,1m --out workdir/bench/bench.json   # speed table (idle machine)
