@@ -8,9 +8,9 @@ BERT, plus a user ID embedding, plus one of two history encoders:
 * ``causal``: a causal transformer over the latest items in time order,
   trained to predict each next item (next-item splits such as ``loo_time``);
 * ``profile``: a set encoder over a bag of the user's items, trained to
-  predict items held out of the bag (Mult-DAE-like; for splits that hold out
-  random interactions, ``ratio`` and ``cold_items``, where whole-profile
-  taste matters more than the latest item).
+  rebuild the bag from a corrupted copy (Mult-DAE-like; for splits that hold
+  out random interactions, such as ``ratio``, where whole-profile taste
+  matters more than the latest item).
 
 Heads:
 
@@ -147,8 +147,8 @@ class Teacher(nn.Module):
                                           self.dtype, self.ffn_mult)
             if self.use_ids:
                 # Items as evidence of taste (in the bag) and as candidates
-                # get separate ID embeddings, as FISM's P and Q: a tied table
-                # makes every item its own best recommendation.
+                # get separate ID embeddings, as FISM's P and Q, so how an item
+                # speaks for a user is not bound to how it is scored.
                 self.bag_item_id = nn.Embed(self.num_items, self.dim,
                                             embedding_init=nn.initializers.normal(0.02))
         else:
