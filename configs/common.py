@@ -85,8 +85,8 @@ def teacher_section() -> ConfigDict:
     c.dim = 128
     # History encoder: causal (next item, latest max_len items) or profile (a
     # bag of up to profile_len items; each training step hides profile_holdout
-    # of them from the encoder and predicts profile_targets). auto: profile on
-    # ratio, causal on loo_time and cold_items.
+    # of them from the encoder and predicts profile_targets). auto: causal on
+    # loo_time, profile on the random-holdout splits (ratio, cold_items).
     c.user_tower = "auto"
     c.max_len = 50
     c.profile_len = 256

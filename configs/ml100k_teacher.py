@@ -14,10 +14,10 @@ fine-tunes everything and belongs on a GPU (configs/ml100k_distill_gpu.py).
 
 The user tower follows the split (`teacher.user_tower=auto`): on `loo_time`
 a causal transformer over the latest 50 items, trained on the next item; on
-`ratio` a whole-profile tower over a bag of up to 256 items, trained to
-rebuild the bag from a copy with half its items dropped (Mult-DAE-like),
-with the text paths damped (`teacher.profile_text_scale`). Either can be
-forced with `--config.teacher.user_tower=causal|profile`.
+`ratio` and `cold_items` a whole-profile tower over a bag of up to 256 items,
+trained to rebuild the bag from a copy with half its items dropped
+(Mult-DAE-like), with the text paths damped (`teacher.profile_text_scale`).
+Either can be forced with `--config.teacher.user_tower=causal|profile`.
 `:tiny` shrinks everything for tests (about a minute).
 """
 

@@ -245,11 +245,12 @@ def test_registry_resolves_the_user_tower_by_split(ml100k_ratio):
     profile = registry.teacher_module(cfg, ml100k_ratio)
     assert (profile.num_layers, profile.dropout, profile.text_scale) == (
         cfg.profile_layers, cfg.profile_dropout, cfg.profile_text_scale)
-    for name in ("loo_time", "cold_items"):
-        other = dataclasses.replace(ml100k_ratio,
-                                    split=dataclasses.replace(ml100k_ratio.split, name=name))
-        assert registry.teacher_user_tower(cfg, other) == "causal"
-        assert registry.teacher_history_len(cfg, other) == cfg.max_len
+    def split(name):
+        return dataclasses.replace(ml100k_ratio,
+                                   split=dataclasses.replace(ml100k_ratio.split, name=name))
+    assert registry.teacher_user_tower(cfg, split("cold_items")) == "profile"
+    assert registry.teacher_user_tower(cfg, split("loo_time")) == "causal"
+    assert registry.teacher_history_len(cfg, split("loo_time")) == cfg.max_len
     cfg.user_tower = "causal"
     causal = registry.teacher_module(cfg, ml100k_ratio)
     assert (causal.user_tower, causal.num_layers, causal.dropout, causal.text_scale) == (

@@ -402,6 +402,14 @@ def test_shared_text_proj_starts_as_the_teachers(family):
     kd_params = kd_spec.init(jax.random.PRNGKey(0))
     np.testing.assert_array_equal(kd_params["student"]["fuse"]["shared_proj"]["kernel"],
                                   source["layers_1"]["kernel"])
+    # A teacher whose text path is damped (profile tower) hands over the damped map.
+    scaled = transfer.with_shared_text(_spec(init), "text_proj", teacher, 0.25).init(
+        jax.random.PRNGKey(0))["fuse"]
+    for key in ("kernel", "bias"):
+        np.testing.assert_allclose(scaled["shared_proj"][key],
+                                   0.25 * np.asarray(source["layers_1"][key]), rtol=1e-6)
+        np.testing.assert_array_equal(scaled["shared_norm"]["scale" if key == "kernel" else key],
+                                      source["layers_0"]["scale" if key == "kernel" else key])
     np.testing.assert_array_equal(kd_params["kd"]["w"], np.ones(2))
 
 

@@ -221,12 +221,15 @@ def shared_text_dim(config, name: str, fused: bool) -> int:
     return int(config.teacher.dim)
 
 
-def share_text_proj(params: dict, teacher_params: dict) -> dict:
+def share_text_proj(params: dict, teacher_params: dict, text_scale: float = 1.0) -> dict:
     """Copies the teacher's item_text_proj into a fused student's shared layers.
 
     Args:
       params: the student's params (ItemFusion under "fuse", with shared layers).
       teacher_params: the teacher's params ("item_text_proj" is all that is read).
+      text_scale: the teacher's fixed factor on that projection (Teacher.text_scale;
+        below 1 for the profile tower); it is folded into the copied Dense, so
+        the student starts from the item text vectors the teacher actually used.
     """
     if "item_text_proj" not in teacher_params:
         raise ValueError("config.transfer.share: the teacher has no item_text_proj "
@@ -241,6 +244,8 @@ def share_text_proj(params: dict, teacher_params: dict) -> dict:
                 raise ValueError(f"config.transfer.share: teacher item_text_proj/{teacher_layer}/"
                                  f"{key} is {weight.shape}, the student's fuse/{layer}/{key} "
                                  f"{value.shape}")
+            if layer == "shared_proj":
+                weight = weight * text_scale
             copied[key] = jnp.asarray(weight, value.dtype)
         fuse[layer] = copied
     return {**params, "fuse": fuse}
@@ -256,11 +261,12 @@ def shared_label(base=None):
     return label
 
 
-def with_shared_text(spec, share: str, teacher_params: dict):
+def with_shared_text(spec, share: str, teacher_params: dict, text_scale: float = 1.0):
     """Wraps a ModelSpec so its init starts from the teacher's item_text_proj.
 
     share is config.transfer.share; "text_proj_frozen" also labels the copy
     "frozen" for the optimizer (zero updates). Plain and distillation specs.
+    text_scale: see share_text_proj.
     """
     if share not in SHARES:
         raise ValueError(f"config.transfer.share={share!r}: use one of {SHARES}")
@@ -271,8 +277,9 @@ def with_shared_text(spec, share: str, teacher_params: dict):
     def init(rng):
         params = base_init(rng)
         if isinstance(params, dict) and "student" in params and "kd" in params:
-            return {**params, "student": share_text_proj(params["student"], teacher_params)}
-        return share_text_proj(params, teacher_params)
+            return {**params, "student": share_text_proj(params["student"], teacher_params,
+                                                         text_scale)}
+        return share_text_proj(params, teacher_params, text_scale)
 
     if share == "text_proj":
         return dataclasses.replace(spec, init=init)

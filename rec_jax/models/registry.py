@@ -279,13 +279,12 @@ def deepfm_parts(name: str, cfg, data: SplitData, side: dict, **module_kw) -> Pa
 
 
 def teacher_user_tower(cfg, data: SplitData) -> str:
-    """config.teacher.user_tower, with "auto" resolved by the split: the
-    whole-profile tower for `ratio` (random held-out interactions, whole-profile
-    taste), the causal next-item tower for `loo_time` and `cold_items` (whose
-    measured cold-start results in the README were made with it)."""
+    """config.teacher.user_tower, with "auto" resolved by the split: the causal
+    next-item tower for `loo_time`, the whole-profile tower for the splits that
+    hold out random interactions (`ratio`, `cold_items`)."""
     tower = cfg.user_tower
     if tower == "auto":
-        return "profile" if data.split.name == "ratio" else "causal"
+        return "causal" if data.split.name == "loo_time" else "profile"
     if tower not in teacher_lib.USER_TOWERS:
         raise ValueError(f"config.teacher.user_tower={tower!r}: use 'auto' or one of "
                          f"{teacher_lib.USER_TOWERS}")

@@ -9,8 +9,8 @@ BERT, plus a user ID embedding, plus one of two history encoders:
   trained to predict each next item (next-item splits such as ``loo_time``);
 * ``profile``: a set encoder over a bag of the user's items, trained to
   rebuild the bag from a corrupted copy (Mult-DAE-like; for splits that hold
-  out random interactions, such as ``ratio``, where whole-profile taste
-  matters more than the latest item).
+  out random interactions, ``ratio`` and ``cold_items``, where whole-profile
+  taste matters more than the latest item).
 
 Heads:
 

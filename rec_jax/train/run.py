@@ -323,8 +323,9 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
         spec = transfer_lib.with_transfer(spec, family, config.transfer, teacher["item_vec"],
                                           teacher["user_vec"], config.seed)
     if "fusion" in flags and config.transfer.share != "none":  # (checked in registry.parts)
-        spec = transfer_lib.with_shared_text(spec, config.transfer.share,
-                                             teacher_params(config, workdir))
+        spec = transfer_lib.with_shared_text(
+            spec, config.transfer.share, teacher_params(config, workdir),
+            registry.teacher_module(config.teacher, data).text_scale)
     # Mesh mode covers the students (their item tables shard by rows); the
     # teacher, whose item vectors come out of BERT, trains with pmap.
     layout = parallel.make_layout(config, name, data.num_items,
