@@ -13,9 +13,16 @@ summary() { $PY -m rec_jax.experiments report "workdir/$1" "${@:2}" > "workdir/$
 job() { $PY -m rec_jax.main --config="$1" --workdir="$2" --config.progress=off "${@:3}"; }
 
 grid main_seeds; summary main_seeds                 # main job, seeds 0-2: KD gains
-grid label_fraction --only train_fraction=1_         # cold start, all labels, seeds 0-2
-grid label_fraction --only train_fraction=0.1_       # 10% of the labels, seeds 0-2
-summary label_fraction --metric ndcg@10 recall@10 cold/recall@10 cold_only/recall@10 tail/ndcg@10
+# Cold start, fractions 1 and 0.1 of the labels, seeds 0-2: with the whole-profile teacher
+# (what user_tower=auto picks on cold_items) and with the causal one (the earlier table).
+for tower in profile causal; do
+  root=label_fraction_profile; [ "$tower" = causal ] && root=label_fraction
+  for only in train_fraction=1_ train_fraction=0.1_; do
+    $PY -m rec_jax.experiments run experiments/label_fraction.py --root="workdir/$root" \
+        --only "$only" -- --config.progress=off --config.teacher.user_tower="$tower"
+  done
+  summary "$root" --metric ndcg@10 recall@10 cold/recall@10 cold_only/recall@10 tail/ndcg@10
+done
 grid kd_terms; summary kd_terms                     # each distillation term off in turn
 grid temperature; summary temperature               # distillation temperature
 grid precision --only seed=0; summary precision     # bf16 vs fp32
