@@ -100,3 +100,35 @@ def test_main_job_tiny_end_to_end(tmp_path):
                                        err_msg=f"{name} {metric}")
         # Training was not redone: the same best checkpoint was evaluated.
         assert again[name]["info"]["best_step"] == results[name]["info"]["best_step"]
+
+
+COLD_MODELS = ("teacher", "mf", "mf_kd", "mf_kd_transfer", "mf_kd_transfer_fusion")
+
+
+def test_coldstart_job_tiny_end_to_end(tmp_path):
+    """configs/ml100k_coldstart.py:tiny with the fused student sharing the
+    teacher's text projection: the whole-profile teacher (what `auto` picks on
+    cold_items), KD, transfer, fusion and the label-fraction sweep in one run."""
+    import flax.serialization
+
+    workdir = str(tmp_path / "coldstart")
+    cmd = [sys.executable, "-m", "rec_jax.main", "--config=configs/ml100k_coldstart.py:tiny",
+           f"--workdir={workdir}", "--config.progress=off", f"--config.data.data_dir={DATA_DIR}",
+           "--config.transfer.share=text_proj", "--config.enhance.source=text"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(1), capture_output=True,
+                          text=True, timeout=1200, check=False)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    for folder in (workdir, os.path.join(workdir, "fraction_0.25")):
+        results = _read(os.path.join(folder, "results.json"))
+        assert set(results) == set(COLD_MODELS), folder
+        for name in COLD_MODELS:
+            test = results[name]["test"]
+            for metric in ("ndcg@10", "cold/recall@10", "cold_only/recall@10"):
+                assert 0.0 <= test[metric] <= 1.0, (folder, name, metric)
+        # The students learned something; the fused one ranks cold items from text.
+        assert results["mf"]["test"]["ndcg@10"] > 0
+        assert results["mf_kd_transfer_fusion"]["test"]["cold_only/recall@10"] > 0
+    with open(os.path.join(workdir, "teacher", "params.msgpack"), "rb") as f:
+        teacher = flax.serialization.msgpack_restore(f.read())
+    assert "bag_item_id" in teacher and "position" not in teacher["history"]  # profile tower
+    assert os.path.exists(os.path.join(workdir, "plots", "ndcg_vs_label_fraction.png"))
