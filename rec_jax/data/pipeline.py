@@ -135,7 +135,23 @@ class PairSource:
                 "negatives": self.sampler.sample(users, self.num_negatives, rng)}
 
 
-class SequenceSource:
+class _UserSource:
+    """One example per user with at least two training items; batches of
+    [B, max_len] item arrays padded with -1 (and ratings padded with 0)."""
+
+    def __init__(self, data: SplitData, max_len: int):
+        self.user_ids = np.flatnonzero(data.train.lengths() >= 2).astype(np.int32)
+        self.data, self.max_len = data, max_len
+        self.num_examples = len(self.user_ids)
+
+    def _empty(self, num_users: int):
+        """(inputs, targets, ratings) for num_users users, all padding."""
+        shape = (num_users, self.max_len)
+        return np.full(shape, -1, np.int32), np.full(shape, -1, np.int32), np.zeros(shape,
+                                                                                       np.float32)
+
+
+class SequenceSource(_UserSource):
     """Per-user item sequences for next-item models (SASRec).
 
     Each example is one user: the last ``max_len + 1`` training items in time
@@ -146,17 +162,12 @@ class SequenceSource:
 
     def __init__(self, data: SplitData, max_len: int, sampler: NegativeSampler | None = None,
                  num_negatives: int = 0):
-        lengths = data.train.lengths()
-        self.user_ids = np.flatnonzero(lengths >= 2).astype(np.int32)
-        self.data, self.max_len = data, max_len
+        super().__init__(data, max_len)
         self.sampler, self.num_negatives = sampler, num_negatives
-        self.num_examples = len(self.user_ids)
 
     def make_batch(self, example_ids, rng):
         users = self.user_ids[example_ids]
-        inputs = np.full((len(users), self.max_len), -1, np.int32)
-        targets = np.full((len(users), self.max_len), -1, np.int32)
-        ratings = np.zeros((len(users), self.max_len), np.float32)
+        inputs, targets, ratings = self._empty(len(users))
         train = self.data.train
         for k, u in enumerate(users):
             seq = train.row(u)[-(self.max_len + 1):]
@@ -170,7 +181,7 @@ class SequenceSource:
         return batch
 
 
-class ProfileSource:
+class ProfileSource(_UserSource):
     """Per-user bags with held-out items, for whole-profile user towers.
 
     Each example is one user with at least two training items. Every step
@@ -187,20 +198,17 @@ class ProfileSource:
     def __init__(self, data: SplitData, max_len: int, holdout: float = 0.2,
                  targets: str = "heldout"):
         if not 0.0 < holdout < 1.0:
-            raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+            raise ValueError(f"holdout (config.teacher.profile_holdout) must be in (0, 1), "
+                             f"got {holdout}")
         if targets not in ("heldout", "all"):
-            raise ValueError(f"targets={targets!r}: use 'heldout' or 'all'")
-        self.all_targets = targets == "all"
-        lengths = data.train.lengths()
-        self.user_ids = np.flatnonzero(lengths >= 2).astype(np.int32)
-        self.data, self.max_len, self.holdout = data, max_len, holdout
-        self.num_examples = len(self.user_ids)
+            raise ValueError(f"targets={targets!r} (config.teacher.profile_targets): use "
+                             "'heldout' or 'all'")
+        super().__init__(data, max_len)
+        self.holdout, self.all_targets = holdout, targets == "all"
 
     def make_batch(self, example_ids, rng):
         users = self.user_ids[example_ids]
-        inputs = np.full((len(users), self.max_len), -1, np.int32)
-        targets = np.full((len(users), self.max_len), -1, np.int32)
-        ratings = np.zeros((len(users), self.max_len), np.float32)
+        inputs, targets, ratings = self._empty(len(users))
         train = self.data.train
         for k, u in enumerate(users):
             items, values = train.row(u), train.row_values(u)

@@ -47,6 +47,12 @@ class CausalBlock(nn.Module):
         return x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
 
 
+def gather_history(item_table, inputs):
+    """([B, L, dim] item vectors, zero at padding; [B, L] valid) of ids padded with -1."""
+    valid = inputs >= 0
+    return item_table[jnp.where(valid, inputs, 0)] * valid[..., None], valid
+
+
 class SequenceEncoder(nn.Module):
     """Item vectors of a history + positions -> causal transformer states.
 
@@ -73,8 +79,7 @@ class SequenceEncoder(nn.Module):
         Returns:
           [B, L, dim] states; position t summarises items up to t.
         """
-        valid = inputs >= 0
-        x = item_table[jnp.where(valid, inputs, 0)] * valid[..., None]
+        x, valid = gather_history(item_table, inputs)
         positions = nn.Embed(self.max_len, self.dim, name="position")(
             jnp.arange(inputs.shape[1]))
         x = nn.Dropout(self.dropout)(x + positions[None], deterministic=deterministic)
@@ -116,8 +121,7 @@ class ProfileEncoder(nn.Module):
         Returns:
           [B, 1, dim] user states (one per user: the whole bag).
         """
-        valid = inputs >= 0
-        x = item_table[jnp.where(valid, inputs, 0)] * valid[..., None]
+        x, valid = gather_history(item_table, inputs)
         x = nn.Dropout(self.dropout)(x, deterministic=deterministic).astype(self.dtype)
         for k in range(self.num_layers):
             x = CausalBlock(self.dim, self.num_heads, self.dropout, self.ffn_mult,

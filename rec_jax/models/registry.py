@@ -291,6 +291,15 @@ def teacher_user_tower(cfg, data: SplitData) -> str:
     return tower
 
 
+def teacher_tower_args(cfg, data: SplitData) -> dict:
+    """The Teacher settings that depend on its user tower (see configs/common.py)."""
+    tower = teacher_user_tower(cfg, data)
+    if tower == "profile":
+        return dict(user_tower=tower, num_layers=cfg.profile_layers, dropout=cfg.profile_dropout,
+                    text_scale=cfg.profile_text_scale)
+    return dict(user_tower=tower, num_layers=cfg.num_layers, dropout=cfg.dropout, text_scale=1.0)
+
+
 def teacher_history_len(cfg, data: SplitData) -> int:
     """How many of a user's latest items the teacher's user tower reads."""
     return cfg.profile_len if teacher_user_tower(cfg, data) == "profile" else cfg.max_len
@@ -353,16 +362,13 @@ def teacher_module(cfg, data: SplitData, name: str = "teacher",
                    dtype=jnp.float32) -> teacher_lib.Teacher:
     settings = settings or bert_lib.BertSettings.from_hf_config(
         cfg.bert_path or bert_lib.default_bert_path())
-    tower = teacher_user_tower(cfg, data)
     return teacher_lib.Teacher(
         data.num_users, data.num_items, len(raw.GENRES), cfg.dim, cfg.max_len,
-        cfg.profile_layers if tower == "profile" else cfg.num_layers, cfg.num_heads,
-        cfg.profile_dropout if tower == "profile" else cfg.dropout, use_ids=cfg.use_ids and not name.endswith("_textonly"),
+        num_heads=cfg.num_heads, use_ids=cfg.use_ids and not name.endswith("_textonly"),
         use_text=cfg.use_text, user_ids=cfg.user_ids, temperature=cfg.temperature,
         bert_settings=settings,
         text_first_layer=teacher_lib.parse_freeze(cfg.freeze, settings.num_layers),
-        dtype=dtype, ffn_mult=cfg.ffn_mult, user_tower=tower,
-        text_scale=cfg.profile_text_scale if tower == "profile" else 1.0)
+        dtype=dtype, ffn_mult=cfg.ffn_mult, **teacher_tower_args(cfg, data))
 
 
 PARTS = {"mf": mf_parts, "sasrec": sasrec_parts, "deepfm": deepfm_parts,

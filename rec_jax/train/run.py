@@ -269,15 +269,14 @@ def teacher_bundle(config, data, workdir: str) -> kd_lib.TeacherBundle:
     folder = model_folder("teacher", config, workdir)
     cfg = config.teacher
     mode = config.distill.teacher_mode
+    history_len = registry.teacher_history_len(cfg, data)
     if mode == "cached":
         arrays = artifacts_lib.load(os.path.join(folder, "artifacts.npz"), config)
-        return kd_lib.TeacherBundle(mode, int(arrays["item_vec"].shape[1]),
-                                    registry.teacher_history_len(cfg, data),
+        return kd_lib.TeacherBundle(mode, int(arrays["item_vec"].shape[1]), history_len,
                                     float(arrays["temperature"]), artifacts=arrays)
     params = teacher_params(config, workdir)
     module = registry.teacher_module(cfg, data, dtype=jax.numpy.dtype(config.dtype))
-    return kd_lib.TeacherBundle(mode, cfg.dim, registry.teacher_history_len(cfg, data),
-                                cfg.temperature, module=module,
+    return kd_lib.TeacherBundle(mode, cfg.dim, history_len, cfg.temperature, module=module,
                                 params=params)
 
 
@@ -325,7 +324,7 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
     if "fusion" in flags and config.transfer.share != "none":  # (checked in registry.parts)
         spec = transfer_lib.with_shared_text(
             spec, config.transfer.share, teacher_params(config, workdir),
-            registry.teacher_module(config.teacher, data).text_scale)
+            registry.teacher_tower_args(config.teacher, data)["text_scale"])
     # Mesh mode covers the students (their item tables shard by rows); the
     # teacher, whose item vectors come out of BERT, trains with pmap.
     layout = parallel.make_layout(config, name, data.num_items,
