@@ -8,23 +8,23 @@ on a GPU/TPU, or only `--only=freeze=encoder` on a laptop.
 
 Full grid (4 strategies x 3 seeds = 12 teacher runs):
 
-  python -m rec_jax.experiments run experiments/freeze.py --root=/tmp/rec_jax/freeze
-  python -m rec_jax.experiments report /tmp/rec_jax/freeze
+  python -m rec_jax.sweep run experiments/freeze.py --root=/tmp/rec_jax/freeze
+  python -m rec_jax.sweep report /tmp/rec_jax/freeze
 
 Tiny (encoder and top:1, 1 seed = 2 runs on the tiny teacher config):
 
-  python -m rec_jax.experiments run experiments/freeze.py --arg=tiny --root=/tmp/rec_jax/freeze_tiny
-  python -m rec_jax.experiments report /tmp/rec_jax/freeze_tiny
+  python -m rec_jax.sweep run experiments/freeze.py --arg=tiny --root=/tmp/rec_jax/freeze_tiny
+  python -m rec_jax.sweep report /tmp/rec_jax/freeze_tiny
 """
 
-from rec_jax import experiments as ex
+from rec_jax import sweep
 
 BASE_CONFIG = "configs/ml100k_teacher.py"
 
 
 def get_grid(arg=None):
-    tiny = ex.is_tiny(arg)
-    return ex.product(
+    tiny = sweep.is_tiny(arg)
+    return sweep.product(
         {"teacher.freeze": ["encoder", "top:1"] if tiny else ["encoder", "top:1", "top:2", "none"]},
-        ex.seeds(1 if tiny else 3),
+        sweep.seeds(1 if tiny else 3),
     )

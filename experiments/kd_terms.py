@@ -7,16 +7,16 @@ one of α_soft, α_rank, α_emb, α_aux to 0; the last keeps only the hard
 
 Full grid (6 points x 3 seeds = 18 runs):
 
-  python -m rec_jax.experiments run experiments/kd_terms.py --root=workdir/kd_terms
-  python -m rec_jax.experiments report workdir/kd_terms
+  python -m rec_jax.sweep run experiments/kd_terms.py --root=workdir/kd_terms
+  python -m rec_jax.sweep report workdir/kd_terms
 
 Tiny (all on vs hard only, 2 seeds = 4 runs on the tiny config, a few minutes on CPU):
 
-  python -m rec_jax.experiments run experiments/kd_terms.py --arg=tiny --root=workdir/kd_terms_tiny
-  python -m rec_jax.experiments report workdir/kd_terms_tiny
+  python -m rec_jax.sweep run experiments/kd_terms.py --arg=tiny --root=workdir/kd_terms_tiny
+  python -m rec_jax.sweep report workdir/kd_terms_tiny
 """
 
-from rec_jax import experiments as ex
+from rec_jax import sweep
 
 BASE_CONFIG = "configs/ml100k_distill.py"
 # MF students only (each run ~2 minutes on the CPU), sharing one cached teacher
@@ -26,9 +26,9 @@ TERMS = ("soft", "rank", "emb", "aux")
 
 
 def get_grid(arg=None):
-    tiny = ex.is_tiny(arg)
+    tiny = sweep.is_tiny(arg)
     all_on = {}
     one_off = [{f"distill.weights.{term}": 0.0} for term in TERMS]
     hard_only = {f"distill.weights.{term}": 0.0 for term in TERMS}
     points = [all_on, hard_only] if tiny else [all_on, *one_off, hard_only]
-    return ex.product(points, ex.seeds(2 if tiny else 3))
+    return sweep.product(points, sweep.seeds(2 if tiny else 3))

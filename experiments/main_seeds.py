@@ -4,13 +4,13 @@ On `loo_time` the split is the same for every seed, so the three runs share one
 teacher (trained once, with seed 0, in the shared teacher cache) and the seeds
 vary the students: their init, data order and negatives.
 
-  python -m rec_jax.experiments run experiments/main_seeds.py --root=workdir/main_seeds
-  python -m rec_jax.experiments report workdir/main_seeds
+  python -m rec_jax.sweep run experiments/main_seeds.py --root=workdir/main_seeds
+  python -m rec_jax.sweep report workdir/main_seeds
 
 About 15 minutes per seed on a 2-core CPU (the first run also trains the teacher).
 """
 
-from rec_jax import experiments as ex
+from rec_jax import sweep
 
 BASE_CONFIG = "configs/ml100k_distill.py"
 # One teacher for all seeds (loo_time does not depend on the seed).
@@ -18,5 +18,5 @@ FIXED = {"teacher.cache_dir": "workdir/teacher_cache", "teacher.seed": 0}
 
 
 def get_grid(arg=None):
-    tiny = ex.is_tiny(arg)
-    return ex.seeds(2 if tiny else 3)
+    tiny = sweep.is_tiny(arg)
+    return sweep.seeds(2 if tiny else 3)

@@ -6,24 +6,25 @@ embed_dim in a run). The report adds a quality (ndcg@10) vs serving cost
 
 Full grid (embed_dim ∈ {8, 16, 32, 64, 128} x 3 seeds = 15 runs):
 
-  python -m rec_jax.experiments run experiments/student_size.py --root=/tmp/rec_jax/student_size
-  python -m rec_jax.experiments report /tmp/rec_jax/student_size
+  python -m rec_jax.sweep run experiments/student_size.py --root=/tmp/rec_jax/student_size
+  python -m rec_jax.sweep report /tmp/rec_jax/student_size
 
 Tiny (embed_dim ∈ {8, 32} x 2 seeds = 4 runs on the tiny config):
 
-  python -m rec_jax.experiments run experiments/student_size.py --arg=tiny --root=/tmp/rec_jax/student_size_tiny
-  python -m rec_jax.experiments report /tmp/rec_jax/student_size_tiny
+  python -m rec_jax.sweep run experiments/student_size.py --arg=tiny --root=/tmp/rec_jax/student_size_tiny
+  python -m rec_jax.sweep report /tmp/rec_jax/student_size_tiny
 """
 
-from rec_jax import experiments as ex
+from rec_jax import sweep
 
 BASE_CONFIG = "configs/ml100k_distill.py"
 STUDENTS = ("mf", "sasrec", "deepfm")
 
 
 def get_grid(arg=None):
-    tiny = ex.is_tiny(arg)
+    tiny = sweep.is_tiny(arg)
     dims = [8, 32] if tiny else [8, 16, 32, 64, 128]
-    return ex.product(
-        ex.zip_axes({f"model.{s}.embed_dim": dims for s in STUDENTS}), ex.seeds(2 if tiny else 3)
+    return sweep.product(
+        sweep.zip_axes({f"model.{s}.embed_dim": dims for s in STUDENTS}),
+        sweep.seeds(2 if tiny else 3),
     )

@@ -2,16 +2,16 @@
 
 Full grid (T ∈ {1, 2, 4, 8} x 3 seeds = 12 runs):
 
-  python -m rec_jax.experiments run experiments/temperature.py --root=workdir/temperature
-  python -m rec_jax.experiments report workdir/temperature
+  python -m rec_jax.sweep run experiments/temperature.py --root=workdir/temperature
+  python -m rec_jax.sweep report workdir/temperature
 
 Tiny (T ∈ {1, 4} x 2 seeds = 4 runs on the tiny config):
 
-  python -m rec_jax.experiments run experiments/temperature.py --arg=tiny --root=workdir/temperature_tiny
-  python -m rec_jax.experiments report workdir/temperature_tiny
+  python -m rec_jax.sweep run experiments/temperature.py --arg=tiny --root=workdir/temperature_tiny
+  python -m rec_jax.sweep report workdir/temperature_tiny
 """
 
-from rec_jax import experiments as ex
+from rec_jax import sweep
 
 BASE_CONFIG = "configs/ml100k_distill.py"
 # MF students only (each run ~2 minutes on the CPU), sharing one cached teacher
@@ -20,8 +20,8 @@ FIXED = {"students": "mf", "teacher.cache_dir": "workdir/teacher_cache", "teache
 
 
 def get_grid(arg=None):
-    tiny = ex.is_tiny(arg)
-    return ex.product(
+    tiny = sweep.is_tiny(arg)
+    return sweep.product(
         {"distill.temperature": [1.0, 4.0] if tiny else [1.0, 2.0, 4.0, 8.0]},
-        ex.seeds(2 if tiny else 3),
+        sweep.seeds(2 if tiny else 3),
     )

@@ -2,14 +2,14 @@
 # Reruns everything the README quotes, in order, into workdir/ (resumable:
 # finished runs are skipped, interrupted ones resume). CPU-only; about 5-6 hours
 # on a 2-core machine (the 2026-11-28 session ran it two jobs at a time in about
-# 2.5 hours). Then `python -m rec_jax.experiments report workdir/<grid>` prints
+# 2.5 hours). Then `python -m rec_jax.sweep report workdir/<grid>` prints
 # each grid's table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-grid() { $PY -m rec_jax.experiments run "experiments/$1.py" --root="workdir/$1" "${@:2}" \
+grid() { $PY -m rec_jax.sweep run "experiments/$1.py" --root="workdir/$1" "${@:2}" \
            -- --config.progress=off; }
-summary() { $PY -m rec_jax.experiments report "workdir/$1" "${@:2}" > "workdir/$1/summary.txt"; }
+summary() { $PY -m rec_jax.sweep report "workdir/$1" "${@:2}" > "workdir/$1/summary.txt"; }
 job() { $PY -m rec_jax.main --config="$1" --workdir="$2" --config.progress=off "${@:3}"; }
 
 grid main_seeds; summary main_seeds                 # main job, seeds 0-2: KD gains
@@ -18,7 +18,7 @@ grid main_seeds; summary main_seeds                 # main job, seeds 0-2: KD ga
 for tower in profile causal; do
   root=label_fraction_profile; [ "$tower" = causal ] && root=label_fraction
   for only in train_fraction=1_ train_fraction=0.1_; do
-    $PY -m rec_jax.experiments run experiments/label_fraction.py --root="workdir/$root" \
+    $PY -m rec_jax.sweep run experiments/label_fraction.py --root="workdir/$root" \
         --only "$only" -- --config.progress=off --config.teacher.user_tower="$tower"
   done
   summary "$root" --metric ndcg@10 recall@10 cold/recall@10 cold_only/recall@10 tail/ndcg@10

@@ -1,4 +1,4 @@
-"""Tests for rec_jax.experiments: grids, launcher and report, with no training.
+"""Tests for rec_jax.sweep: grids, launcher and report, with no training.
 
 The launcher is driven with a fake main (a small script written into tmp_path)
 that writes results.json / run.json / COMPLETE from its --config.* flags, logs
@@ -17,9 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from rec_jax import experiments as ex
+from rec_jax import sweep
+from rec_jax.sweep import __main__ as cli
+from rec_jax.sweep import grid as grid_lib
+from rec_jax.sweep import launch, report
 
-SHIPPED_GRIDS = sorted((ex.REPO_ROOT / "experiments").glob("*.py"))
+SHIPPED_GRIDS = sorted((grid_lib.REPO_ROOT / "experiments").glob("*.py"))
 
 
 def _config_keys(config_path: str) -> set[str]:
@@ -77,14 +80,14 @@ print("fake main: done", workdir)
 '''
 
 GRID = '''
-from rec_jax import experiments as ex
+from rec_jax import sweep
 
 BASE_CONFIG = "configs/fake.py"
 
 def get_grid(arg=None):
-  tiny = ex.is_tiny(arg)
-  return ex.product({"distill.temperature": [1.0, 4.0] if tiny else [1.0, 2.0, 4.0]},
-                    ex.seeds(2))
+  tiny = sweep.is_tiny(arg)
+  return sweep.product({"distill.temperature": [1.0, 4.0] if tiny else [1.0, 2.0, 4.0]},
+                       sweep.seeds(2))
 '''
 
 
@@ -105,34 +108,34 @@ def fake(tmp_path):
 
 
 def test_product_zip_seeds():
-    grid = ex.product({"distill.topk": [5, 10]}, ex.seeds(3))
+    grid = sweep.product({"distill.topk": [5, 10]}, sweep.seeds(3))
     assert len(grid) == 6
     assert grid[0] == {"distill.topk": 5, "seed": 0}  # First factor varies slowest.
     assert grid[3] == {"distill.topk": 10, "seed": 0}
-    assert ex.product(students=["mf", "sasrec"], seed=[0]) == [
+    assert sweep.product(students=["mf", "sasrec"], seed=[0]) == [
         {"students": "mf", "seed": 0},
         {"students": "sasrec", "seed": 0},
     ]
-    zipped = ex.zip_axes({"model.mf.embed_dim": [8, 16], "model.sasrec.embed_dim": [8, 16]})
+    zipped = sweep.zip_axes({"model.mf.embed_dim": [8, 16], "model.sasrec.embed_dim": [8, 16]})
     assert zipped == [
         {"model.mf.embed_dim": 8, "model.sasrec.embed_dim": 8},
         {"model.mf.embed_dim": 16, "model.sasrec.embed_dim": 16},
     ]
-    assert len(ex.product(zipped, ex.seeds(2))) == 4
+    assert len(sweep.product(zipped, sweep.seeds(2))) == 4
     with pytest.raises(ValueError):
-        ex.zip_axes({"a": [1, 2], "b": [1]})
-    assert ex.seeds(2, start=5) == [{"seed": 5}, {"seed": 6}]
-    assert ex.is_tiny("tiny") and not ex.is_tiny(None)
+        sweep.zip_axes({"a": [1, 2], "b": [1]})
+    assert sweep.seeds(2, start=5) == [{"seed": 5}, {"seed": 6}]
+    assert sweep.is_tiny("tiny") and not sweep.is_tiny(None)
     with pytest.raises(ValueError):
-        ex.is_tiny("tnyi")
+        sweep.is_tiny("tnyi")
 
 
 def test_run_names_short_unique_stable_safe():
-    assert ex.run_names([{"distill.weights.soft": 0.0, "seed": 1}]) == ["soft=0_seed=1"]
-    assert ex.run_names([{"seed": 1, "teacher.freeze": "top:1"}]) == ["freeze=top-1_seed=1"]
-    assert ex.run_names([{"seed": 0}]) == ["base_seed=0"]
+    assert grid_lib.run_names([{"distill.weights.soft": 0.0, "seed": 1}]) == ["soft=0_seed=1"]
+    assert grid_lib.run_names([{"seed": 1, "teacher.freeze": "top:1"}]) == ["freeze=top-1_seed=1"]
+    assert grid_lib.run_names([{"seed": 0}]) == ["base_seed=0"]
     # Same last key component in one run: the names keep enough of the key.
-    assert ex.run_names([{"model.mf.embed_dim": 8, "model.sasrec.embed_dim": 8}]) == [
+    assert grid_lib.run_names([{"model.mf.embed_dim": 8, "model.sasrec.embed_dim": 8}]) == [
         "mf.embed_dim=8_sasrec.embed_dim=8"
     ]
     # Collisions across runs fall back to full keys, then to a hash.
@@ -142,28 +145,28 @@ def test_run_names_short_unique_stable_safe():
         {"teacher.freeze": "top:1"},
         {"teacher.freeze": "top-1"},
     ]
-    names = ex.run_names(colliding)
+    names = grid_lib.run_names(colliding)
     assert len(set(names)) == 4
     assert names[:2] == ["model.mf.embed_dim=8", "model.sasrec.embed_dim=8"]
     assert all(re.fullmatch(r"[A-Za-z0-9._=+@-]+", n) for n in names)
     long = [{"students": "mf,sasrec,deepfm," * 10, "seed": s} for s in range(2)]
-    long_names = ex.run_names(long)
-    assert len(set(long_names)) == 2 and all(len(n) <= ex.MAX_NAME_LEN for n in long_names)
+    long_names = grid_lib.run_names(long)
+    assert len(set(long_names)) == 2 and all(len(n) <= grid_lib.MAX_NAME_LEN for n in long_names)
     # Stable: the same point gets the same name in another call and another grid.
-    grid = ex.product({"distill.temperature": [1.0, 2.0]}, ex.seeds(2))
-    assert ex.run_names(grid) == ex.run_names(grid)
-    assert ex.run_names(grid[:1]) == ex.run_names(grid)[:1] == ["temperature=1_seed=0"]
+    grid = sweep.product({"distill.temperature": [1.0, 2.0]}, sweep.seeds(2))
+    assert grid_lib.run_names(grid) == grid_lib.run_names(grid)
+    assert grid_lib.run_names(grid[:1]) == grid_lib.run_names(grid)[:1] == ["temperature=1_seed=0"]
     with pytest.raises(ValueError):
-        ex.run_names([{"seed": 0}, {"seed": 0}])
+        grid_lib.run_names([{"seed": 0}, {"seed": 0}])
 
 
 @pytest.mark.parametrize("path", SHIPPED_GRIDS, ids=lambda p: p.stem)
 def test_shipped_grids_expand(path):
-    module = ex.load_grid(path)
-    assert module.__doc__ and "rec_jax.experiments run" in module.__doc__
-    assert "rec_jax.experiments report" in module.__doc__
-    config, full = ex.expand(module, "/root", None)
-    tiny_config, tiny = ex.expand(module, "/root", "tiny")
+    module = grid_lib.load_grid(path)
+    assert module.__doc__ and "rec_jax.sweep run" in module.__doc__
+    assert "rec_jax.sweep report" in module.__doc__
+    config, full = grid_lib.expand(module, "/root", None)
+    tiny_config, tiny = grid_lib.expand(module, "/root", "tiny")
     assert config == module.BASE_CONFIG and config.startswith("configs/")
     assert tiny_config == module.BASE_CONFIG + ":tiny"
     assert 0 < len(tiny) < len(full)
@@ -177,7 +180,7 @@ def test_shipped_grids_expand(path):
                 (set(run.overrides) | set(fixed)) - allowed)
             # Shared settings go into every command but not into the run name.
             for key, value in fixed.items():
-                assert f"--config.{key}={ex._flag_value(value)}" in run.args
+                assert f"--config.{key}={grid_lib._flag_value(value)}" in run.args
                 assert key not in run.overrides
             assert run.args[1] == f"--workdir=/root/{run.name}"
     assert len({r.overrides["seed"] for r in tiny}) <= 2
@@ -192,7 +195,7 @@ def test_run_fake_main_failures_skip_and_resume(fake, tmp_path, capsys):
     grid, prefix, calls = fake
     root = tmp_path / "out"
     (tmp_path / "fail.txt").write_text("--config.distill.temperature=4.0\n")
-    rc = ex.run_grid(str(grid), str(root), "tiny", prefix=prefix)
+    rc = launch.run_grid(str(grid), str(root), "tiny", prefix=prefix)
     out = capsys.readouterr().out
     assert rc == 1
     names = [
@@ -220,41 +223,41 @@ def test_run_fake_main_failures_skip_and_resume(fake, tmp_path, capsys):
     # Second launch: finished runs are skipped, the failed ones rerun.
     (tmp_path / "fail.txt").unlink()
     (tmp_path / "calls.txt").unlink()
-    assert ex.run_grid(str(grid), str(root), "tiny", prefix=prefix) == 0
+    assert launch.run_grid(str(grid), str(root), "tiny", prefix=prefix) == 0
     assert sorted(calls()) == sorted(names[2:])
 
     # An interrupted run (no COMPLETE) is rerun with the same command; nothing else runs.
     (root / names[0] / "COMPLETE").unlink()
     (tmp_path / "calls.txt").unlink()
-    assert ex.run_grid(str(grid), str(root), "tiny", prefix=prefix) == 0
+    assert launch.run_grid(str(grid), str(root), "tiny", prefix=prefix) == 0
     assert calls() == [names[0]]
     assert (root / names[0] / "launcher.log").read_text().count("=== ") == 2
     (tmp_path / "calls.txt").unlink()
-    assert ex.run_grid(str(grid), str(root), "tiny", prefix=prefix) == 0
+    assert launch.run_grid(str(grid), str(root), "tiny", prefix=prefix) == 0
     assert calls() == []
 
     # The full grid must not reuse the tiny grid's root (same names, other config).
     with pytest.raises(SystemExit):
-        ex.run_grid(str(grid), str(root), None, prefix=prefix)
+        launch.run_grid(str(grid), str(root), None, prefix=prefix)
 
 
 def test_run_only_and_exit_zero_without_complete(fake, tmp_path, capsys):
     grid, prefix, calls = fake
     root = tmp_path / "out"
     assert (
-        ex.run_grid(str(grid), str(root), "tiny", only="temperature=4_seed=1", prefix=prefix) == 0
+        launch.run_grid(str(grid), str(root), "tiny", only="temperature=4_seed=1", prefix=prefix) == 0
     )
     assert calls() == ["temperature=4_seed=1"]
     # A main that exits 0 without writing COMPLETE did not finish.
     silent = (sys.executable, "-c", "pass")
-    assert ex.run_grid(str(grid), str(root), "tiny", only="seed=0", prefix=silent) == 1
+    assert launch.run_grid(str(grid), str(root), "tiny", only="seed=0", prefix=silent) == 1
     assert "without writing COMPLETE" in capsys.readouterr().out
 
 
 def test_dry_run_runs_nothing(fake, tmp_path, capsys):
     grid, prefix, calls = fake
     root = tmp_path / "out"
-    assert ex.main(["run", str(grid), "--root", str(root), "--dry_run", "--", "--stage=eval"]) == 0
+    assert cli.main(["run", str(grid), "--root", str(root), "--dry_run", "--", "--stage=eval"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 6
     assert lines[0].endswith(
@@ -277,7 +280,7 @@ def test_emit_tpu_vm(fake, tmp_path, coordinator):
         "--emit=tpu_vm",
         f"--out={script}",
     ] + ([] if coordinator else ["--no_coordinator"])
-    assert ex.main(argv) == 0
+    assert cli.main(argv) == 0
     text = script.read_text()
     commands = [l for l in text.splitlines() if l.startswith("gcloud compute tpus tpu-vm ssh")]
     assert len(commands) == 4
@@ -335,7 +338,7 @@ def test_report_hand_made_numbers(tmp_path, capsys):
         )
     (root / "broken").mkdir()  # A run with no results yet is ignored.
 
-    table = ex.report(root)
+    table = report.report(root)
     assert table in capsys.readouterr().out
     row = _table_row(table, "1", "mf_kd")
     header = [p.strip() for p in table.splitlines()[0].strip("|").split("|")]
@@ -369,10 +372,10 @@ def test_report_after_launch_uses_grid_json_and_embed_plot(fake, tmp_path):
     grid, prefix, _ = fake
     root = tmp_path / "out"
     (tmp_path / "fail.txt").write_text("--config.seed=1\n")
-    assert ex.run_grid(str(grid), str(root), None, prefix=prefix) == 1  # Partial results.
+    assert launch.run_grid(str(grid), str(root), None, prefix=prefix) == 1  # Partial results.
     out = tmp_path / "report"
     assert (
-        ex.main(
+        cli.main(
             [
                 "report",
                 str(root),
@@ -406,11 +409,11 @@ def test_report_after_launch_uses_grid_json_and_embed_plot(fake, tmp_path):
                     }
                 },
             )
-    ex.report(sized)
+    report.report(sized)
     pngs = {p.name for p in (sized / "plots").glob("*.png")}
     assert {"ndcg@10_vs_embed_dim.png", "ndcg@10_vs_score_ms_per_user.png"} <= pngs
     assert "| embed_dim | model | n |" in (sized / "summary.md").read_text()
 
 
 def test_report_empty_dir(tmp_path):
-    assert ex.main(["report", str(tmp_path)]) == 1
+    assert cli.main(["report", str(tmp_path)]) == 1
