@@ -2,8 +2,8 @@
 
 Measures transformers' PyTorch ``BertModel`` items/s, forward under
 ``torch.no_grad`` and forward+backward (grad of ``sum(mean_pool(h) ** 2)``
-w.r.t. all params), on exactly the batches ``rec_jax.bench_encoder`` uses: the
-batching helpers are loaded from ``rec_jax/bench_encoder.py`` by file path, so
+w.r.t. all params), on exactly the batches ``rec_jax.bench.encoder`` uses: the
+batching helpers are loaded from ``rec_jax/bench/encoder.py`` by file path, so
 this script needs neither jax nor the rec_jax package.
 
     /tmp/torchenv/bin/python scripts/bench_torch_bert.py
@@ -19,7 +19,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-_BENCH = Path(__file__).resolve().parents[1] / "rec_jax" / "bench_encoder.py"
+_BENCH = Path(__file__).resolve().parents[1] / "rec_jax" / "bench" / "encoder.py"
 _spec = importlib.util.spec_from_file_location("_bench_encoder", _BENCH)
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)

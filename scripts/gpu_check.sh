@@ -171,9 +171,9 @@ out = sys.argv[1]
 bench_path = os.path.join(out, "bench_gpu.json")
 if not os.path.exists(bench_path):
     sys.exit("no bench_gpu.json")
-from rec_jax import bench
+from rec_jax.bench import report
 res = json.load(open(bench_path))
-print("\n" + bench.markdown(res))
+print("\n" + report.markdown(res))
 ts = res.get("teacher_step")
 if ts and ts.get("flops_per_step"):
     peak = ts.get("peak_bf16_flops")

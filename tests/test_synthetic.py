@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from rec_jax.data import synthetic
+from rec_jax.bench import synthetic
 
 N = 20_000
 ML1M_GENRES = (
@@ -309,7 +309,7 @@ def test_default_sizes_follow_movielens():
 def test_cli(tmp_path):
     out = tmp_path / "cli"
     proc = subprocess.run(
-        [sys.executable, "-m", "rec_jax.data.synthetic", "--out", str(out),
+        [sys.executable, "-m", "rec_jax.bench.synthetic", "--out", str(out),
          "--num_interactions", "2000", "--seed", "3"],
         capture_output=True, text=True, check=True,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,9 +1,11 @@
-"""Throughput benchmark of the Linen BERT encoder (items/s, fwd and fwd+bwd).
+"""Throughput of the Linen BERT encoder (items/s, fwd and fwd+bwd).
 
-``python -m rec_jax.bench_encoder`` prints a table for fp32/bf16 with and
-without length bucketing. ``scripts/bench_torch_bert.py`` measures PyTorch on
-exactly the same batches (it loads this file's numpy-only helpers
-``item_texts`` / ``make_batches``, so keep jax imports out of module scope).
+``python -m rec_jax.bench.encoder`` prints a table for fp32/bf16 with and
+without length bucketing; the benchmark's ``encoder`` part (:func:`part`)
+runs the bucketed rows and adds the FLOPs per item. ``scripts/bench_torch_bert.py``
+measures PyTorch on exactly the same batches (it loads this file's numpy-only
+helpers ``item_texts`` / ``make_batches`` by file path, without rec_jax or
+jax, so keep jax and rec_jax imports out of module scope).
 
 Protocol: texts are tokenized once up front (not timed); one untimed pass
 compiles every distinct batch shape; then each repeat times one full pass over
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import statistics
 import time
@@ -239,6 +242,61 @@ def load_average() -> str:
         return f"{os.getloadavg()[0]:.1f}"
     except OSError:
         return "n/a"
+
+
+def bucketed_both_dtypes(quick: bool, repeats: int, bert_path: str | None) -> dict:
+    """Bucketed fp32 and bf16 throughput on the ml-100k item texts, with FLOPs per item."""
+    texts = item_texts()
+    if quick:  # Two batches of 64: few shapes to compile.
+        texts = texts[:128]
+    out: dict[str, Any] = {}
+    for dtype in ("float32", "bfloat16"):
+        r = encoder_throughput(bert_path, texts=texts, dtype=dtype, repeats=repeats,
+                               bucket=True)
+        out[dtype] = {k: r[k] for k in ("items", "batches", "real_tokens", "padded_tokens",
+                                        "fwd_items_per_s", "fwd_bwd_items_per_s",
+                                        "fwd_compile_s", "fwd_bwd_compile_s")}
+    out.update(encoder_flops(bert_path))
+    return out
+
+
+def encoder_flops(bert_path: str | None, batch: int = 64, length: int = 32) -> dict:
+    """FLOPs per item (fwd, fwd+bwd) of a [64, 32] batch: XLA cost analysis and analytic."""
+    import jax
+    import jax.numpy as jnp
+
+    from rec_jax.bench.machine import cost_flops
+    from rec_jax.models.bert import load_pretrained, mean_pool
+
+    model, params, _ = load_pretrained(bert_path, with_tokenizer=False)
+    ids = jnp.ones((batch, length), jnp.int32)
+    mask = jnp.ones((batch, length), jnp.int32)
+
+    def fwd(p, ids, mask):
+        return mean_pool(model.apply(p, ids, mask)["last_hidden_state"], mask)
+
+    def loss(p, ids, mask):
+        return jnp.sum(fwd(p, ids, mask) ** 2)
+    out: dict[str, Any] = {"flops_batch": batch, "flops_length": length}
+    out["xla_fwd_flops_per_item"] = (cost_flops(jax.jit(fwd).lower(params, ids, mask).compile())
+                                     or 0.0) / batch
+    out["xla_fwd_bwd_flops_per_item"] = (
+        cost_flops(jax.jit(jax.grad(loss)).lower(params, ids, mask).compile()) or 0.0) / batch
+    # Analytic: per token and layer 2 * (4 H^2 + 2 H F) matmul FLOPs + 2 * 2 * L * H attention.
+    s = model.settings if hasattr(model, "settings") else None
+    if s is not None:
+        h, f, n = s.hidden_size, s.intermediate_size, s.num_layers
+        per_token = n * (2 * (4 * h * h + 2 * h * f) + 4 * length * h)
+        out["analytic_fwd_flops_per_item"] = per_token * length
+        out["analytic_fwd_bwd_flops_per_item"] = 3 * per_token * length
+    return out
+
+
+def part(quick: bool, bert_path: str | None) -> dict:
+    """The benchmark's ``encoder`` part: results' ``encoder`` entry."""
+    out = bucketed_both_dtypes(quick, 1 if quick else 3, bert_path)
+    print(f"[encoder] {json.dumps(out, default=float)[:300]}", flush=True)
+    return {"encoder": out}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -40,7 +40,7 @@ with no ratings (see ``num_rated_items`` in the returned stats).
 
 CLI::
 
-    python -m rec_jax.data.synthetic --out DIR --num_interactions N [--seed S]
+    python -m rec_jax.bench.synthetic --out DIR --num_interactions N [--seed S]
 """
 
 from __future__ import annotations
