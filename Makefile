@@ -1,13 +1,14 @@
 # Two commands on a fresh machine (Python 3.11):
 #   make run    installs everything into .venv and runs the main job (ml100k_distill)
 #   make test   installs everything into .venv and runs the test suite
+#   (make test-fast skips the slow subprocess tests)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKDIR ?= workdir/ml100k_distill
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-fast bench clean
 
 $(STAMP): requirements.txt requirements-assets.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,11 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# Everything but the subprocess jobs and end-to-end runs (marked slow): about
+# 1-2 minutes on 2 cores, for the edit-test loop. `make test` runs them all.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: install
 	$(BIN)/python -m rec_jax.bench

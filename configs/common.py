@@ -69,7 +69,6 @@ def deepfm_section() -> ConfigDict:
     c.embed_dim = 16
     c.hidden = (64, 32)
     c.dropout = 0.1
-    c.ctr_threshold = 4.0
     c.train = train_section(batch_size_per_device=2048, num_negatives=2)
     c.optim = optim_section()
     return c
@@ -111,7 +110,6 @@ def teacher_section() -> ConfigDict:
     c.temperature = 1.0
     c.softmax = "full"  # full | sampled
     c.num_sampled = 512
-    c.ctr_threshold = 4.0
     c.loss_weights = ConfigDict(dict(rank=1.0, ctr=0.1, genre=0.1))
     c.artifact_topk = 50
     # "" = the teacher lives in <workdir>/teacher. A folder here shares one
@@ -148,7 +146,7 @@ def transfer_section() -> ConfigDict:
     return c
 
 
-def enhance_section() -> ConfigDict:
+def fusion_section() -> ConfigDict:
     """Knowledge fusion (models named *_fusion): item = ID emb + W·teacher vector."""
     c = ConfigDict()
     c.mode = "add"  # add | gated
@@ -157,7 +155,15 @@ def enhance_section() -> ConfigDict:
     return c
 
 
+def is_tiny(arg: str | None) -> bool:
+    """A config file's argument: `tiny` (True) or nothing (False); anything else is a typo."""
+    if arg not in (None, "", "tiny"):
+        raise ValueError(f"unknown config argument {arg!r} (use 'tiny' or nothing)")
+    return arg == "tiny"
+
+
 def base_config() -> ConfigDict:
+    """Every key with its default; the defaults are the main job's (ml100k_distill.py)."""
     c = ConfigDict()
     c.seed = 0
     # Which models run, in order: `models` if set, else the teacher followed by
@@ -180,15 +186,17 @@ def base_config() -> ConfigDict:
     c.data.source_dir = ""  # raw MovieLens folder; "" = the default (recbole wheel for 100k)
     c.data.data_dir = "data"  # prepared TFDS files and arrays, reused across runs
     c.data.prepared = ""  # a prepared folder to read without raw files or TensorFlow
-    c.data.split = "ratio"  # loo_time | ratio | cold_items
+    c.data.split = "loo_time"  # loo_time | ratio | cold_items
     c.data.cold_fraction = 0.1
     c.data.train_fraction = 1.0
     c.data.head_share = 0.2
+    # Ratings at or above this are CTR positives: DeepFM's and the teacher's
+    # CTR labels, and the AUC / LogLoss of every CTR evaluation.
+    c.data.ctr_threshold = 4.0
     c.eval = ConfigDict()
     c.eval.ks = (10, 20)
     c.eval.batch_users = 256
     c.eval.num_recs = 20
-    c.eval.ctr_threshold = 4.0
     c.model = ConfigDict()
     c.model.mf = mf_section()
     c.model.sasrec = sasrec_section()
@@ -196,7 +204,7 @@ def base_config() -> ConfigDict:
     c.teacher = teacher_section()
     c.distill = distill_section()
     c.transfer = transfer_section()
-    c.enhance = enhance_section()
+    c.fusion = fusion_section()
     return c
 
 

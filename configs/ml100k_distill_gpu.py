@@ -13,14 +13,14 @@ teacher's achieved FLOP/s against the device's bf16 peak. `:tiny` shrinks it
 for a CPU smoke run.
 """
 
-from configs import ml100k_distill
+from configs import common, ml100k_distill
 
 
 def get_config(arg: str | None = None):
     config = ml100k_distill.get_config(arg)
     config.dtype = "bfloat16"
     config.teacher.freeze = "none"
-    if arg != "tiny":
+    if not common.is_tiny(arg):
         config.teacher.item_text_len = 48
         # An epoch is 7 teacher steps (943 users / 128). Fully fine-tuned, the
         # teacher's validation NDCG rises slower and noisier than the frozen

@@ -1,17 +1,35 @@
-"""Entry point: flags + config -> rec_jax.train.run.run(config, workdir, stage).
+r"""Entry point: flags + config -> rec_jax.run.run(config, workdir, stage).
 
     python -m rec_jax.main --config=configs/ml100k_distill.py --workdir=workdir/distill \
         [--config.seed=1 ...] [--stage=all|teacher|student|eval]
 
 Multi-host: pass --coordinator_address/--num_processes/--process_id (or rely
 on the cluster's environment, e.g. TPU VMs, with --distributed).
+
+A mistake the user can fix (a bad config key or value, a malformed data file,
+a missing teacher; rec_jax.errors.UserError) ends the run with one line on
+stderr, ``error: <message>``, and exit status 2; a bug keeps its traceback.
 """
 
 import os
+import re
 import sys
+from typing import NoReturn
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+# Third-party noise off before those libraries load (each reads these once, at
+# import): transformers' "PyTorch was not found" advice, TensorFlow's C++ logs,
+# and its oneDNN notice, which TF 2.21 prints whatever TF_CPP_MIN_LOG_LEVEL says
+# (TensorFlow only feeds the input pipeline here, integer ops that oneDNN does
+# not touch). A value the user set wins.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from rec_jax import console, errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
                                           lock_config=True)
@@ -25,13 +43,59 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() with auto-detection.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# Config sections that were renamed: the old name is refused by name.
+RENAMED = {"enhance": "fusion"}
+_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")  # --config.a.b=1 -> "a.b"
+
+
+def _fail(message) -> NoReturn:
+    """Ends the run on a mistake the user can fix: one line on stderr, status 2."""
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    sys.stderr.write(f"error: {line}\n")
+    sys.exit(2)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with every mistake in the flags or the config ended in one line."""
+    overrides = [(m.group(1), arg) for arg in argv[1:] if (m := _OVERRIDE.match(arg))]
+    for key, arg in overrides:
+        old = key.split(".")[0]
+        if old in RENAMED:
+            _fail(f"{arg}: config.{old} was renamed to config.{RENAMED[old]}")
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:  # A bad value, a missing flag, a config file that raised.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        _fail(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}")
+    except (KeyError, AttributeError) as e:
+        # ml_collections' way of saying an override names no key: a KeyError
+        # (maybe inside the AttributeError) of "'nope'", maybe followed by a line
+        # 'Did you mean "seed" instead of "nope"?'.
+        detail = e
+        while isinstance(detail, BaseException) and detail.args:
+            detail = detail.args[0]
+        missing, *hint = str(detail).split("\n")
+        missing = missing.strip("'\"")
+        for key, arg in overrides:
+            parts = key.split(".")
+            if missing in parts:
+                parent = ".".join(["config"] + parts[:parts.index(missing)])
+                _fail(f"{arg}: {parent} has no key {missing!r}"
+                      + "".join(f" ({line.strip()})" for line in hint if line.strip()))
+        raise
+    try:
+        getattr(_CONFIG.value, "lock")  # A config file that failed to load raises when read.
+    except OSError as e:
+        _fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
+    return rest
+
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
-        # Orbax and TFDS log every save and read at INFO; the job prints its own
-        # progress. Pass -v 0 (or --verbosity=0) to see everything.
+        # Orbax and TFDS log every save and read at INFO; the job says its own
+        # progress (rec_jax.console). Pass -v 0 (or --verbosity=0) to see everything.
         logging.set_verbosity(logging.WARNING)
     # Repo root on the path so `configs.common` imports from config files.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,11 +104,13 @@ def main(argv):
         if _COORDINATOR.value:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    from rec_jax.train import run
-    logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
-                 jax.process_count())
-    run.run(_CONFIG.value, _WORKDIR.value, _STAGE.value)
+    from rec_jax import run
+    console.say(f"machine: {run.machine_description()}")
+    try:
+        run.run(_CONFIG.value, _WORKDIR.value, _STAGE.value)
+    except errors.UserError as e:
+        _fail(e)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

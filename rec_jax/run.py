@@ -24,17 +24,21 @@ import flax
 import jax
 import numpy as np
 
+from rec_jax import console, errors, recipes
 from rec_jax.data import dataset as dataset_lib
 from rec_jax.data import features, interactions, splits
 from rec_jax.data import text as text_lib
-from rec_jax.distill import artifacts as artifacts_lib
-from rec_jax.distill import kd as kd_lib
-from rec_jax.distill import transfer as transfer_lib
 from rec_jax.eval import agreement as agreement_lib
 from rec_jax.eval import report
 from rec_jax.eval.evaluator import Evaluator, ctr_metrics
-from rec_jax.models import registry
+from rec_jax.eval.sharded import ShardedEvaluator
+from rec_jax.models import bert as bert_lib
 from rec_jax.models.students import Popularity
+from rec_jax.recipes import artifacts as artifacts_lib
+from rec_jax.recipes import kd as kd_lib
+from rec_jax.recipes import text_tables
+from rec_jax.recipes.teacher import first_trainable_layer
+from rec_jax.spec import ModelName
 from rec_jax.train import parallel, trainer
 
 STAGES = ("all", "teacher", "student", "eval")
@@ -77,46 +81,65 @@ def prepare_data(config, workdir: str) -> interactions.SplitData:
     """Loads the dataset, splits it and writes the split CSVs."""
     d = config.data
     dataset = dataset_lib.load(d.variant, d.data_dir, d.source_dir or None, d.prepared or None)
-    print(dataset.describe(), flush=True)
+    console.say(dataset.describe())
     split = splits.make_split(dataset, d.split, config.seed, d.cold_fraction,
                               train_fraction=d.train_fraction)
     if jax.process_index() == 0:
         splits.write_csv(dataset, split, os.path.join(workdir, "split"))
     data = interactions.build(dataset, split, d.head_share)
-    print(f"split {d.split} (seed {config.seed}): train {len(split.train):,}, "
-          f"valid {len(split.valid):,}, test {len(split.test):,}, "
-          f"cold items {len(split.cold_items):,}", flush=True)
+    console.say(f"split {d.split} (seed {config.seed}): train {len(split.train):,}, "
+                f"valid {len(split.valid):,}, test {len(split.test):,}, "
+                f"cold items {len(split.cold_items):,}")
     return data
 
 
 def needs_text(name: str, config) -> bool:
     """Whether a model reads the teacher's text tables."""
-    if name == "pop":
-        return False
-    flags = registry.name_flags(name)
-    return (name.startswith("teacher")
-            or ("kd" in flags and config.distill.teacher_mode == "online")
-            or ("fusion" in flags and config.enhance.source == "text"))
+    name = ModelName.parse(name)
+    return (name.is_teacher
+            or (name.kd and config.distill.teacher_mode == "online")
+            or (name.fusion and config.fusion.source == "text"))
+
+
+def needs_teacher(name: str, config) -> bool:
+    """Whether a model reads the trained teacher (its artifacts, or its params)."""
+    name = ModelName.parse(name)
+    return (name.kd or name.transfer
+            or (name.fusion and (config.fusion.source == "teacher"
+                                 or config.transfer.share != "none")))
+
+
+def check_teacher_ready(config, workdir: str, selected) -> None:
+    """Refuses, before any work, students whose teacher this run neither trains nor finds.
+
+    Otherwise a `--stage=student` run in a fresh workdir would train every
+    plain model first and only then fail on the first student that distils.
+    """
+    waiting = [n for n in selected if needs_teacher(n, config)]
+    if not waiting or "teacher" in selected:
+        return
+    path = os.path.join(model_folder("teacher", config, workdir), "artifacts.npz")
+    if not os.path.exists(path):
+        raise errors.MissingInputError(
+            f"{', '.join(waiting)} need the trained teacher, but its artifacts are missing: "
+            f"{path}. Run the teacher stage first (--stage=teacher, or --stage=all) in the "
+            "same workdir.")
 
 
 def build_side(config, data, names) -> dict:
     """Feature tables for every model of the run (text only if someone reads it)."""
     side = features.side_features(data.dataset, data.dataset.item[data.split.train])
     if any(needs_text(n, config) for n in names):
-        from rec_jax.models import bert as bert_lib
-        from rec_jax.models.teacher import parse_freeze
         cfg = config.teacher
-        settings = bert_lib.BertSettings.from_hf_config(cfg.bert_path or
-                                                        bert_lib.default_bert_path())
         d = config.data
         folder = d.prepared or dataset_lib.prepared_dir(d.data_dir, d.variant, d.source_dir or None)
         cache = os.path.join(folder, "text_cache")
         t = time.time()
-        side.update(text_lib.text_side(data.dataset, cfg.bert_path or None, cfg.item_text_len,
-                                       cfg.user_text_len,
-                                       parse_freeze(cfg.freeze, settings.num_layers),
-                                       settings.num_layers, cache))
-        print(f"text tables ready ({time.time() - t:.1f} s, cached in {cache})", flush=True)
+        side.update(text_tables.text_side(data.dataset, cfg.bert_path or None,
+                                          cfg.item_text_len, cfg.user_text_len,
+                                          first_trainable_layer(cfg),
+                                          recipes.teacher.bert_settings(cfg).num_layers, cache))
+        console.say(f"text tables ready ({time.time() - t:.1f} s, cached in {cache})")
     return side
 
 
@@ -139,7 +162,6 @@ def serving_ms(fn, params, query, side, repeats: int = 30) -> float:
 
 def bert_user_text_ms(config, dataset, repeats: int = 20) -> float:
     """Time for BERT to encode one profile sentence: a new user's text at serving."""
-    from rec_jax.models import bert as bert_lib
     cfg = config.teacher
     model, variables, tokenizer = bert_lib.load_pretrained(cfg.bert_path or None)
     tokens = text_lib.tokenize(tokenizer, text_lib.user_texts(dataset)[:1], cfg.user_text_len)
@@ -162,7 +184,6 @@ def make_evaluator(data, part: str, config, spec=None, layout=None, num_recs: in
     table in mesh mode for models with a user/item tower (MF, SASRec)."""
     if layout is not None and layout.mesh is not None and spec is not None \
             and spec.item_table_fn is not None:
-        from rec_jax.eval.sharded import ShardedEvaluator
         return ShardedEvaluator(data, part, layout.mesh, spec.user_vectors_fn,
                                 spec.item_table_fn, config.eval.ks, config.eval.batch_users,
                                 num_recs)
@@ -184,11 +205,12 @@ def evaluate_model(name: str, score_fn, make_query, params, side, data, config, 
             ev.write_recs(recs, folder)
         if ctr_logit_fn is not None:
             metrics.update(ctr_metrics(ctr_logit_fn, make_query, params, side, data, part,
-                                       config.eval.ctr_threshold))
+                                       config.data.ctr_threshold))
         result[part] = metrics
     test = result["test"]
-    print(f"[{name}] test NDCG@10 {test['ndcg@10']:.4f}  Recall@10 {test['recall@10']:.4f}  "
-          f"(valid NDCG@10 {result['valid']['ndcg@10']:.4f})", flush=True)
+    console.say(f"[{name}] test NDCG@10 {test['ndcg@10']:.4f}  "
+                f"Recall@10 {test['recall@10']:.4f}  "
+                f"(valid NDCG@10 {result['valid']['ndcg@10']:.4f})")
     return result
 
 
@@ -205,7 +227,6 @@ def _finish_teacher(name, spec, cfg, params, side, data, config, folder, result)
     can be precomputed offline), then the history encoder and one matmul; the
     BERT part is timed separately and added.
     """
-    from rec_jax.models import bert as bert_lib
     info = result["info"]
     if cfg.use_text:
         if cfg.freeze != "none":
@@ -213,8 +234,8 @@ def _finish_teacher(name, spec, cfg, params, side, data, config, folder, result)
             # model that serves (new users' and items' text goes through them).
             _, bert_params, _ = bert_lib.load_pretrained(cfg.bert_path or None,
                                                          with_tokenizer=False)
-            trained = registry.num_params(params.get("text", {}))
-            info["num_params"] += registry.num_params(bert_params) - trained
+            trained = recipes.num_params(params.get("text", {}))
+            info["num_params"] += recipes.num_params(bert_params) - trained
         info["score_ms_bert_user_text"] = bert_user_text_ms(config, data.dataset)
         info["score_ms_per_user"] += info["score_ms_bert_user_text"]
     if name != "teacher" or jax.process_index() != 0:
@@ -257,7 +278,9 @@ def teacher_params(config, workdir: str) -> dict:
     folder = model_folder("teacher", config, workdir)
     path = os.path.join(folder, "params.msgpack")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"teacher params not found: {path}; run the teacher stage first")
+        raise errors.MissingInputError(
+            f"teacher params not found: {path}. Run the teacher stage first "
+            "(--stage=teacher, or --stage=all) in the same workdir.")
     # The fingerprint check guards the params too (same teacher, same split).
     artifacts_lib.load(os.path.join(folder, "artifacts.npz"), config)
     with open(path, "rb") as f:
@@ -269,13 +292,13 @@ def teacher_bundle(config, data, workdir: str) -> kd_lib.TeacherBundle:
     folder = model_folder("teacher", config, workdir)
     cfg = config.teacher
     mode = config.distill.teacher_mode
-    history_len = registry.teacher_history_len(cfg, data)
+    history_len = recipes.teacher_history_len(cfg, data)
     if mode == "cached":
         arrays = artifacts_lib.load(os.path.join(folder, "artifacts.npz"), config)
         return kd_lib.TeacherBundle(mode, int(arrays["item_vec"].shape[1]), history_len,
                                     float(arrays["temperature"]), artifacts=arrays)
     params = teacher_params(config, workdir)
-    module = registry.teacher_module(cfg, data, dtype=jax.numpy.dtype(config.dtype))
+    module = recipes.teacher_module(cfg, data, dtype=jax.numpy.dtype(config.dtype))
     return kd_lib.TeacherBundle(mode, cfg.dim, history_len, cfg.temperature, module=module,
                                 params=params)
 
@@ -291,13 +314,13 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
     os.makedirs(folder, exist_ok=True)
     results_path = os.path.join(folder, "results.json")
     if os.path.exists(results_path):
-        print(f"[{name}] finished earlier; reusing {results_path}", flush=True)
+        console.say(f"[{name}] finished earlier; reusing {results_path}")
         return _read_json(results_path)
     one_user = np.zeros(1, np.int32)
     t0 = time.time()
     if name == "pop":
         model = Popularity(data.item_popularity)
-        result = evaluate_model(name, model.score_all, registry.user_query, {}, side, data,
+        result = evaluate_model(name, model.score_all, recipes.user_query, {}, side, data,
                                 config, folder)
         result["info"] = {"num_params": 0, "train_seconds": 0.0,
                           "score_ms_per_user": serving_ms(model.score_all, {},
@@ -305,44 +328,29 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
         _write_json(results_path, result)
         return result
 
-    flags = registry.name_flags(name)
-    family = name.split("_")[0]
-    if flags & {"transfer", "fusion"}:
-        teacher = teacher_arrays(config, workdir)
-    if "fusion" in flags:
-        side = dict(side, fusion_text=(teacher["item_vec"] if config.enhance.source == "teacher"
-                                       else side["item_text"]))
-    parts = registry.parts(name, config, data, side)
-    cfg = registry.model_config(config, name)
-    if "kd" in flags:
-        spec, side = kd_lib.build(parts, bundle_fn(), config, data, side)
-    else:
-        spec = registry.plain_spec(parts)
-    if "transfer" in flags:
-        spec = transfer_lib.with_transfer(spec, family, config.transfer, teacher["item_vec"],
-                                          teacher["user_vec"], config.seed)
-    if "fusion" in flags and config.transfer.share != "none":  # (checked in registry.parts)
-        spec = transfer_lib.with_shared_text(
-            spec, config.transfer.share, teacher_params(config, workdir),
-            registry.teacher_tower_args(config.teacher, data)["text_scale"])
+    parsed = ModelName.parse(name)
+    teacher = recipes.TeacherAccess(arrays=lambda: teacher_arrays(config, workdir),
+                                    params=lambda: teacher_params(config, workdir),
+                                    bundle=bundle_fn)
+    spec, side = recipes.build(parsed, config, data, side, teacher)
+    cfg = recipes.model_config(config, parsed)
     # Mesh mode covers the students (their item tables shard by rows); the
     # teacher, whose item vectors come out of BERT, trains with pmap.
-    layout = parallel.make_layout(config, name, data.num_items,
-                                  can_mesh=not name.startswith("teacher"))
+    layout = parallel.make_layout(config, name, data.num_items, can_mesh=not parsed.is_teacher)
     if layout.mesh is not None and spec.item_table_fn is None:
-        print(f"[{name}] mesh mode: no user/item towers to rank on the sharded table; "
-              "evaluating with the dense evaluator", flush=True)
+        console.say(f"[{name}] mesh mode: no user/item towers to rank on the sharded table; "
+                    "evaluating with the dense evaluator")
     valid_eval = make_evaluator(data, "valid", config, spec, layout)
     seed = config.seed
-    if name.startswith("teacher") and cfg.seed >= 0:
+    if parsed.is_teacher and cfg.seed >= 0:
         seed = cfg.seed
     fitted = trainer.fit(spec, cfg, side, folder, valid_eval, seed, config.progress, layout)
     train_seconds = time.time() - t0
     result = evaluate_model(name, spec.score_fn, spec.make_query, fitted.params, side, data,
                             config, folder, spec.ctr_logit_fn, spec, layout)
-    serving_params = fitted.params["student"] if "kd" in flags else fitted.params
+    serving_params = fitted.params["student"] if parsed.kd else fitted.params
     result["info"] = {
-        "num_params": registry.num_params(serving_params),
+        "num_params": recipes.num_params(serving_params),
         "score_ms_per_user": serving_ms(spec.score_fn, fitted.params,
                                         spec.make_query(one_user, "test"), side),
         "train_seconds": train_seconds,
@@ -350,9 +358,9 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
         "steps_done": fitted.meta.get("steps_done"),
         "stopped_early": fitted.meta["stopped_early"],
     }
-    if config.get("parallel", "pmap") != "pmap":
+    if config.parallel != "pmap":
         result["info"]["parallel"] = layout.name
-    if name.startswith("teacher"):
+    if parsed.is_teacher:
         _finish_teacher(name, spec, cfg, fitted.params, side, data, config, folder, result)
     else:
         logits_path = os.path.join(model_folder("teacher", config, workdir), "test_logits.npz")
@@ -389,27 +397,36 @@ def _folder_lock(folder: str):
 def model_names(config) -> list[str]:
     """The run's models: config.models, else teacher + students x variants."""
     if config.models.strip():
-        return [m.strip() for m in config.models.split(",") if m.strip()]
-    names = ["teacher"]
-    for student in (s.strip() for s in config.students.split(",") if s.strip()):
-        for variant in (v.strip() for v in config.variants.split(",") if v.strip()):
-            names.append(student if variant == "plain" else f"{student}_{variant}")
+        names = [m.strip() for m in config.models.split(",") if m.strip()]
+        key = f"config.models={config.models!r}"
+    else:
+        names = ["teacher"]
+        for student in (s.strip() for s in config.students.split(",") if s.strip()):
+            for variant in (v.strip() for v in config.variants.split(",") if v.strip()):
+                names.append(student if variant == "plain" else f"{student}_{variant}")
+        key = f"config.students={config.students!r}, config.variants={config.variants!r}"
+    for name in names:
+        try:
+            ModelName.parse(name)
+        except ValueError as e:
+            raise errors.ConfigError(f"{key}: {e}") from None
     return names
 
 
 def run(config, workdir: str, stage: str = "all") -> dict:
     """Runs the job described by config in workdir; returns all results."""
     if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
+        raise errors.ConfigError(f"unknown stage {stage!r}; choose one of {STAGES}")
     parallel.check_config(config)
+    names = model_names(config)
+    selected = [n for n in names if stage in ("all", "eval")
+                or (stage == "teacher") == ModelName.parse(n).is_teacher]
+    check_teacher_ready(config, workdir, selected)
     os.makedirs(workdir, exist_ok=True)
     _write_json(os.path.join(workdir, "run.json"), {
         "config": config.to_dict(), "machine": machine_description(), "commit": _git_commit(),
         "jax": jax.__version__, "stage": stage})
     data = prepare_data(config, workdir)
-    names = model_names(config)
-    selected = [n for n in names if stage in ("all", "eval")
-                or (stage == "teacher") == n.startswith("teacher")]
     if stage == "eval":
         # Re-evaluation: drop finished results so each model is evaluated again
         # from its final checkpoint (training itself is skipped: it is done).
@@ -443,7 +460,7 @@ def run(config, workdir: str, stage: str = "all") -> dict:
         report.write_report(workdir, shown, header, extra)
         if all(n in results for n in names):
             open(os.path.join(workdir, "COMPLETE"), "w").close()
-    print(header + "\n\n" + report.markdown_table(shown) + extra, flush=True)
+    console.say(header + "\n\n" + report.markdown_table(shown) + extra)
     return results
 
 
@@ -462,7 +479,7 @@ def _label_fraction_sweep(config, workdir, stage, names, results, fractions) -> 
         with sub.unlocked():
             sub.data.train_fraction = f
             sub.label_fractions = ""
-        print(f"--- label fraction {f:g} ---", flush=True)
+        console.say(f"--- label fraction {f:g} ---")
         by_fraction[f] = run(sub, os.path.join(workdir, f"fraction_{f:g}"), stage)
     if jax.process_index() == 0:
         report.plot_vs_fraction(by_fraction, names, os.path.join(workdir, "plots",

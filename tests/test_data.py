@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, TINY_ITEMS, TINY_RATINGS, TINY_USERS, subprocess_env
-from rec_jax.data import dataset, raw, synthetic
+from rec_jax.bench import synthetic
+from rec_jax.data import dataset, raw
 
 LAYOUTS = ("atomic", "grouplens_100k", "grouplens_1m")
 VARIANT = {"atomic": "100k", "grouplens_100k": "100k", "grouplens_1m": "1m"}

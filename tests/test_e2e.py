@@ -1,4 +1,4 @@
-"""One end-to-end smoke run of the main job on its `tiny` config (STYLE 9).
+"""One end-to-end smoke run of the main job on its `tiny` config.
 
     python -m rec_jax.main --config=configs/ml100k_distill.py:tiny --workdir=W
 
@@ -15,7 +15,11 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from conftest import DATA_DIR, REPO_ROOT, subprocess_env
+
+# Subprocess jobs: `make test-fast` (-m 'not slow') skips them.
+pytestmark = pytest.mark.slow
 
 MODELS = ("teacher", "mf", "mf_kd", "sasrec", "sasrec_kd", "deepfm", "deepfm_kd")
 ARTIFACT_KEYS = {"user_vec", "item_vec", "item_bias", "topk_items", "topk_scores", "ctr_prob",
@@ -114,7 +118,7 @@ def test_coldstart_job_tiny_end_to_end(tmp_path):
     workdir = str(tmp_path / "coldstart")
     cmd = [sys.executable, "-m", "rec_jax.main", "--config=configs/ml100k_coldstart.py:tiny",
            f"--workdir={workdir}", "--config.progress=off", f"--config.data.data_dir={DATA_DIR}",
-           "--config.transfer.share=text_proj", "--config.enhance.source=text"]
+           "--config.transfer.share=text_proj", "--config.fusion.source=text"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(1), capture_output=True,
                           text=True, timeout=1200, check=False)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"

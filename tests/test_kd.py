@@ -1,7 +1,7 @@
 """The distillation objective (rec_jax/distill/kd.py) with a real teacher on ml-100k.
 
 One untrained (freshly initialised) tiny teacher serves every test: what is
-checked is the plumbing, which does not need a good teacher. DESIGN §5 says
+checked is the plumbing, which does not need a good teacher. The design says
 the teacher may run `cached` (its artifacts ride in the batch) or `online`
 (its frozen params enter the step) and that both give the same loss on the
 same batch; here they must also give the same gradients.
@@ -20,11 +20,11 @@ from conftest import DATA_DIR
 
 from configs import ml100k_distill
 from rec_jax.data.pipeline import TrainPipeline
-from rec_jax.distill import artifacts as artifacts_lib
-from rec_jax.distill import kd
-from rec_jax.models import registry
+from rec_jax import recipes
+from rec_jax import run as run_lib
+from rec_jax.recipes import artifacts as artifacts_lib
+from rec_jax.recipes import kd
 from rec_jax.train import optim
-from rec_jax.train import run as run_lib
 from rec_jax.train import step as step_lib
 
 ARTIFACT_TOPK = 20
@@ -47,12 +47,12 @@ def _make_setup(data):
     """(config, data, side, teacher parts, teacher params, artifacts, bundles)."""
     config = _config()
     side = run_lib.build_side(config, data, ["teacher"])  # frozen-BERT text tables (cached)
-    teacher = registry.parts("teacher", config, data, side)
+    teacher = recipes.model_spec("teacher", config, data, side)
     params = jax.jit(teacher.init)(jax.random.PRNGKey(0))  # jit: faster than eager init here
     arrays = artifacts_lib.compute(teacher.module, params, side, data, teacher.make_query,
                                    ARTIFACT_TOPK)
     dim, temp = config.teacher.dim, config.teacher.temperature
-    max_len = registry.teacher_history_len(config.teacher, data)
+    max_len = recipes.teacher_history_len(config.teacher, data)
     bundles = {
         "cached": kd.TeacherBundle("cached", dim, max_len, temp, artifacts=arrays),
         "online": kd.TeacherBundle("online", dim, max_len, temp, module=teacher.module,
@@ -69,8 +69,8 @@ def setup(ml100k_ratio):
 
 def _spec(setup, family, mode, config=None):
     config = config or setup["config"]
-    parts = registry.parts(f"{family}_kd", config, setup["data"], setup["side"])
-    return kd.build(parts, setup["bundles"][mode], config, setup["data"], setup["side"])
+    student = recipes.model_spec(f"{family}_kd", config, setup["data"], setup["side"])
+    return kd.kd_spec(student, setup["bundles"][mode], config, setup["data"], setup["side"])
 
 
 def _batch(spec, n=BATCH):
@@ -119,6 +119,7 @@ def test_online_teacher_view_matches_artifacts(setup):
         np.testing.assert_allclose(o[field], c[field], rtol=1e-4, atol=1e-5, err_msg=field)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["mf", "sasrec", "deepfm"])
 def test_cached_and_online_give_same_loss_and_gradients(setup, family):
     results, params = {}, None
@@ -169,8 +170,8 @@ def test_teacher_params_stay_out_of_the_state_and_unchanged(setup):
     after = step_lib.unreplicate(state)
     assert int(after.step) == 3
     assert set(after.params) == {"student", "kd"}
-    n_student = registry.num_params(params)
-    assert registry.num_params(after.params) == n_student  # no teacher leaf crept in
+    n_student = recipes.num_params(params)
+    assert recipes.num_params(after.params) == n_student  # no teacher leaf crept in
     assert _max_diff(after.params["student"], params["student"]) > 0  # the student trained
     for frozen_now in (step_lib.unreplicate(frozen_r), setup["params"]):
         for a, b in zip(jax.tree.leaves(teacher_before), jax.tree.leaves(frozen_now)):
@@ -194,7 +195,7 @@ def test_zero_alpha_removes_its_term(setup, term):
     loss, sums = spec0.loss_fn(params, batch, kside, None, key)  # kside: a superset
     term_mean = full_sums[f"{term}_loss"] / full_sums["examples"]
     np.testing.assert_allclose(loss, full_loss - alpha * term_mean, rtol=1e-5, atol=1e-6)
-    if term != "hard":  # the label loss is always computed (and logged); see kd.kd_objective
+    if term != "hard":  # the label loss is always computed (and logged); see rec_jax.distill.kd.kd_objective
         assert f"{term}_loss" not in sums
         assert set(full_sums) - set(sums) == {f"{term}_loss"}
 

@@ -52,7 +52,8 @@ def _child(data_dir: str) -> dict:
     from rec_jax.data import features, interactions, splits
     from rec_jax.data.pipeline import TrainPipeline
     from rec_jax.eval import sharded
-    from rec_jax.models import registry
+    from rec_jax import recipes
+    from rec_jax import sharding
     from rec_jax.train import mesh as mesh_lib
     from rec_jax.train import optim, step as step_lib
 
@@ -62,7 +63,7 @@ def _child(data_dir: str) -> dict:
     data = interactions.build(ds, splits.make_split(ds, "ratio", seed=0))
     side = features.side_features(ds)
     config = common.base_config()
-    spec = registry.plain_spec(registry.parts("mf", config, data, side))
+    spec = recipes.model_spec("mf", config, data, side)
     tx = optim.make_optimizer(common.optim_section(lr=0.01), total_steps=100)
     # Host copies: mesh mode donates its state, which must not alias these.
     params = jax.device_get(spec.init(jax.random.PRNGKey(0)))
@@ -89,15 +90,15 @@ def _child(data_dir: str) -> dict:
     params_1 = jax.device_get(state_1.params)
 
     # (a) mesh mode.
-    mesh = mesh_lib.make_mesh(MESH_SHAPE)
+    mesh = sharding.make_mesh(MESH_SHAPE)
     state = step_lib.init_state(params, tx)
-    shardings = mesh_lib.tree_shardings(state, mesh, data.num_items)
+    shardings = sharding.tree_shardings(state, mesh, data.num_items)
     state_m = jax.device_put(state, shardings)
-    side_shardings = mesh_lib.tree_shardings(side, mesh, data.num_items)
+    side_shardings = sharding.tree_shardings(side, mesh, data.num_items)
     m_step = mesh_lib.make_mesh_step(spec.loss_fn, tx, mesh, shardings, side_shardings)
     side_m = jax.device_put(side, side_shardings)
     losses_m, examples_m = [], []
-    for batch in pipeline.mesh_batches(0, STEPS, mesh_lib.batch_sharding(mesh)):
+    for batch in pipeline.mesh_batches(0, STEPS, sharding.batch_sharding(mesh)):
         state_m, sums = m_step(state_m, batch, side_m, None, key)
         losses_m.append(float(sums["loss"]))
         examples_m.append(float(sums["examples"]))
@@ -137,7 +138,7 @@ def _child(data_dir: str) -> dict:
     }
 
     # (b) sharded top-K vs dense, on a (2, 4) mesh.
-    topk_mesh = mesh_lib.make_mesh(TOPK_MESH)
+    topk_mesh = sharding.make_mesh(TOPK_MESH)
     k = 20
     results = {}
     rng = np.random.default_rng(0)
@@ -193,6 +194,7 @@ def child(data_dir):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_mesh_step_matches_pmap_and_one_device(child):
     a = child["a"]
     assert a["step_mesh"] == STEPS
@@ -205,6 +207,7 @@ def test_mesh_step_matches_pmap_and_one_device(child):
     assert a["params_moved"] > 1e-3  # the steps changed the parameters
 
 
+@pytest.mark.slow
 def test_sharded_top_k_equals_dense(child):
     for name, r in child["b"].items():
         assert r["items_equal"], name
@@ -216,6 +219,7 @@ def test_sharded_top_k_equals_dense(child):
     assert child["b"]["random"]["table_shards"] == [[251, 16]] * 8
 
 
+@pytest.mark.slow
 def test_item_rows_are_split_across_devices(child):
     c = child["c"]
     rows = c["num_items"] // MESH_SHAPE[1]
@@ -234,7 +238,7 @@ def test_item_rows_are_split_across_devices(child):
 
 
 def test_chunk_lengths_end_at_alignment_points():
-    from rec_jax.data.pipeline import chunk_lengths
+    from rec_jax.bench.multistep import chunk_lengths
     assert chunk_lengths(0, 10, 4) == [4, 4, 2]
     assert chunk_lengths(0, 3, 1) == [1, 1, 1]
     # Resumed at 437, logging every 50 steps: chunks end at 450 and 500.
@@ -248,14 +252,15 @@ def test_multi_step_equals_single_steps(ml100k_ratio):
     import jax
 
     from configs import common
+    from rec_jax import recipes
+    from rec_jax.bench import multistep
     from rec_jax.data import features
     from rec_jax.data.pipeline import TrainPipeline
-    from rec_jax.models import registry
     from rec_jax.train import optim, step as step_lib
 
     data = ml100k_ratio
     side = features.side_features(data.dataset)
-    spec = registry.plain_spec(registry.parts("mf", common.base_config(), data, side))
+    spec = recipes.model_spec("mf", common.base_config(), data, side)
     tx = optim.make_optimizer(common.optim_section(lr=0.01), total_steps=100)
     params = spec.init(jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(1)
@@ -269,9 +274,9 @@ def test_multi_step_equals_single_steps(ml100k_ratio):
         state_s, sums = single(state_s, batch, side_r, frozen_r, key)
         total += float(step_lib.unreplicate(sums)["loss"])
 
-    multi = step_lib.make_pmapped_multi_step(spec.loss_fn, tx)
+    multi = multistep.make_pmapped_multi_step(spec.loss_fn, tx)
     state_m = step_lib.replicate(step_lib.init_state(params, tx))
-    chunks = list(pipeline.device_batches(0, 4, steps_per_call=2))
+    chunks = list(multistep.device_batches(pipeline, 0, 4, steps_per_call=2))
     assert [c["user"].shape[:3] for c in chunks] == [(4, 2, PER_DEVICE)] * 2
     host = pipeline.host_batch(3)
     np.testing.assert_array_equal(np.asarray(chunks[1]["negatives"])[:, 1], host["negatives"])
@@ -331,6 +336,7 @@ def mesh_run(tmp_path_factory):
     return workdir, out.stdout
 
 
+@pytest.mark.slow
 def test_main_mesh_mode_matches_pmap(mesh_run, tmp_path):
     workdir, stdout = mesh_run
     assert "mesh mode: (data, model) = (2, 2), item rows per device 841" in stdout
@@ -357,6 +363,7 @@ def test_main_mesh_mode_matches_pmap(mesh_run, tmp_path):
         assert same >= 0.999 * len(rows1)  # (exact ties may swap)
 
 
+@pytest.mark.slow
 def test_main_mesh_mode_resumes_where_it_would_have_ended(mesh_run, tmp_path):
     """SIGKILL after a mid-run checkpoint; the rerun ends bitwise where the
     uninterrupted mesh run ended (state restored onto the mesh, same batches)."""
@@ -394,16 +401,16 @@ def test_sharded_evaluator_equals_dense_evaluator(ml100k):
     from rec_jax.data import features, interactions, splits
     from rec_jax.eval.evaluator import Evaluator
     from rec_jax.eval.sharded import ShardedEvaluator
-    from rec_jax.models import registry
-    from rec_jax.train import mesh as mesh_lib
+    from rec_jax import recipes
+    from rec_jax import sharding
 
     data = interactions.build(ml100k, splits.make_split(ml100k, "cold_items", 0, 0.1))
     side = features.side_features(ml100k, ml100k.item[data.split.train])
     config = common.base_config()
     config.model.sasrec.num_layers = 1
-    mesh = mesh_lib.make_mesh((2, 2))
+    mesh = sharding.make_mesh((2, 2))
     for name in ("mf", "sasrec"):
-        spec = registry.plain_spec(registry.parts(name, config, data, side))
+        spec = recipes.model_spec(name, config, data, side)
         params = jax.device_get(spec.init(jax.random.PRNGKey(3)))
         if name == "mf":  # A non-zero bias, so the cold_only bias mask matters.
             params["item_bias"] = np.random.default_rng(0).normal(size=data.num_items)

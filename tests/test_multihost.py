@@ -13,7 +13,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import REPO_ROOT, subprocess_env
+
+# Subprocess jobs: `make test-fast` (-m 'not slow') skips them.
+pytestmark = pytest.mark.slow
 
 REPO = str(REPO_ROOT)
 

@@ -1,7 +1,7 @@
 """Every loss term of rec_jax/distill/objectives.py on hand-made inputs.
 
 Expected values are written out by hand (or in numpy, term by term, from the
-formulas of DESIGN §5), never by calling the function under test again.
+formulas of the distillation objective), never by calling the function under test again.
 """
 
 from __future__ import annotations

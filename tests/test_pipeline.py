@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import NUM_FAKE_DEVICES
-from rec_jax.data.pipeline import NegativeSampler, PairSource, TrainPipeline
+from rec_jax.data.pipeline import TrainPipeline
+from rec_jax.data.sources import NegativeSampler, PairSource
 
 PER_DEVICE = 64
 NUM_NEG = 3
@@ -172,7 +173,7 @@ def test_bitmap_and_binary_search_membership_agree(ml100k_ratio, source):
 
 @pytest.mark.parametrize("targets", ["heldout", "all"])
 def test_profile_source_hides_part_of_each_bag(ml100k_ratio, targets):
-    from rec_jax.data.pipeline import ProfileSource
+    from rec_jax.data.sources import ProfileSource
     source = ProfileSource(ml100k_ratio, max_len=64, holdout=0.3, targets=targets)
     ids = np.arange(40)
     batch = source.make_batch(ids, np.random.default_rng(3))

@@ -1,4 +1,4 @@
-"""Each split's guarantees on MovieLens-100K (DESIGN §6)."""
+"""Each split's guarantees on MovieLens-100K."""
 
 from __future__ import annotations
 

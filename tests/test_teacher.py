@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 from configs import common
+from rec_jax import recipes
 from rec_jax.data import text as text_lib
 from rec_jax.models import bert as bert_lib
-from rec_jax.models import registry
 from rec_jax.models import teacher as teacher_lib
+from rec_jax.recipes import text_tables
 from rec_jax.train import optim
 
 TEXT_LEN = 16
@@ -97,7 +98,7 @@ def test_top_k_tower_on_cached_hidden_states_reproduces_bert(minilm, tmp_path):
     n, k = settings.num_layers, 2
     first = teacher_lib.parse_freeze(f"top:{k}", n)
     assert first == n - k
-    cached = text_lib.encode_cached(texts, None, TEXT_LEN, first, str(tmp_path), pooled=False)
+    cached = text_tables.encode_cached(texts, None, TEXT_LEN, first, str(tmp_path), pooled=False)
     assert cached["hidden"].shape == (len(texts), TEXT_LEN, settings.hidden_size)
     inputs = {"hidden": cached["hidden"], "attention_mask": cached["attention_mask"]}
     tower, random_params, params = _tower(settings, first, inputs)
@@ -109,7 +110,7 @@ def test_top_k_tower_on_cached_hidden_states_reproduces_bert(minilm, tmp_path):
     assert np.abs(np.asarray(tower.apply({"params": random_params}, inputs, True))
                   - pooled).max() > 1e-2
     # The encoder's own pooled cache (the `encoder` strategy) gives the same vectors.
-    final = text_lib.encode_cached(texts, None, TEXT_LEN, n, str(tmp_path), pooled=True)
+    final = text_tables.encode_cached(texts, None, TEXT_LEN, n, str(tmp_path), pooled=True)
     np.testing.assert_allclose(final["vectors"], pooled, atol=1e-4)
 
 
@@ -237,27 +238,27 @@ def test_profile_teacher_shapes_and_bag_order():
         _param_names(_teacher(user_tower="bag"))
 
 
-def test_registry_resolves_the_user_tower_by_split(ml100k_ratio):
+def test_recipe_resolves_the_user_tower_by_split(ml100k_ratio):
     cfg = common.teacher_section()
     assert cfg.user_tower == "auto"
-    assert registry.teacher_user_tower(cfg, ml100k_ratio) == "profile"
-    assert registry.teacher_history_len(cfg, ml100k_ratio) == cfg.profile_len
-    profile = registry.teacher_module(cfg, ml100k_ratio)
+    assert recipes.teacher_user_tower(cfg, ml100k_ratio) == "profile"
+    assert recipes.teacher_history_len(cfg, ml100k_ratio) == cfg.profile_len
+    profile = recipes.teacher_module(cfg, ml100k_ratio)
     assert (profile.num_layers, profile.dropout, profile.text_scale) == (
         cfg.profile_layers, cfg.profile_dropout, cfg.profile_text_scale)
     def split(name):
         return dataclasses.replace(ml100k_ratio,
                                    split=dataclasses.replace(ml100k_ratio.split, name=name))
-    assert registry.teacher_user_tower(cfg, split("cold_items")) == "profile"
-    assert registry.teacher_user_tower(cfg, split("loo_time")) == "causal"
-    assert registry.teacher_history_len(cfg, split("loo_time")) == cfg.max_len
+    assert recipes.teacher_user_tower(cfg, split("cold_items")) == "profile"
+    assert recipes.teacher_user_tower(cfg, split("loo_time")) == "causal"
+    assert recipes.teacher_history_len(cfg, split("loo_time")) == cfg.max_len
     cfg.user_tower = "causal"
-    causal = registry.teacher_module(cfg, ml100k_ratio)
+    causal = recipes.teacher_module(cfg, ml100k_ratio)
     assert (causal.user_tower, causal.num_layers, causal.dropout, causal.text_scale) == (
         "causal", cfg.num_layers, cfg.dropout, 1.0)
     cfg.user_tower = "bag"
     with pytest.raises(ValueError, match="user_tower='bag'"):
-        registry.teacher_user_tower(cfg, ml100k_ratio)
+        recipes.teacher_user_tower(cfg, ml100k_ratio)
 
 
 def _param_names(module):
@@ -276,10 +277,10 @@ def test_textonly_teacher_has_no_id_params():
         _param_names(_teacher(use_ids=False, use_text=False))
 
 
-def test_registry_textonly_name_drops_ids(ml100k_ratio):
+def test_recipe_textonly_name_drops_ids(ml100k_ratio):
     cfg = common.teacher_section()
-    assert registry.teacher_module(cfg, ml100k_ratio, "teacher").use_ids
-    assert not registry.teacher_module(cfg, ml100k_ratio, "teacher_textonly").use_ids
+    assert recipes.teacher_module(cfg, ml100k_ratio, "teacher").use_ids
+    assert not recipes.teacher_module(cfg, ml100k_ratio, "teacher_textonly").use_ids
 
 
 def test_unseen_items_get_no_id_contribution():
@@ -317,11 +318,11 @@ def test_unseen_items_get_no_id_contribution():
 
 
 def test_text_tower_params_form_the_encoder_optimizer_group(ml100k_ratio):
-    """registry's label_fn puts the fine-tuned BERT layers in group "encoder"; with
+    """the teacher recipe's label_fn puts the fine-tuned BERT layers in group "encoder"; with
     Adam the first update is -lr·group_lr·sign(g), so the groups' LRs show."""
     config = common.base_config()
     config.teacher.freeze = "top:1"
-    parts = registry.parts("teacher", config, ml100k_ratio, {})
+    parts = recipes.model_spec("teacher", config, ml100k_ratio, {})
     assert parts.label_fn is not None
     # A teacher with a (tiny) top:1 tower, on cached hidden states of random text.
     settings = bert_lib.BertSettings(vocab_size=30, hidden_size=H, num_layers=2, num_heads=2,
@@ -352,4 +353,4 @@ def test_text_tower_params_form_the_encoder_optimizer_group(ml100k_ratio):
         np.testing.assert_allclose(u, -scale, rtol=1e-4, err_msg="/".join(path))
     # The `encoder` strategy has no text params, hence no groups.
     config.teacher.freeze = "encoder"
-    assert registry.parts("teacher", config, ml100k_ratio, {}).label_fn is None
+    assert recipes.model_spec("teacher", config, ml100k_ratio, {}).label_fn is None

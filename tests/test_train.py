@@ -25,7 +25,8 @@ import pytest
 
 from conftest import NUM_FAKE_DEVICES, REPO_ROOT, ndcg_from_csvs, subprocess_env
 from configs import common
-from rec_jax.data.pipeline import NegativeSampler, PairSource, TrainPipeline
+from rec_jax.data.pipeline import TrainPipeline
+from rec_jax.data.sources import NegativeSampler, PairSource
 from rec_jax.train import optim, step as step_lib
 
 # ---------------------------------------------------------------------------
@@ -192,6 +193,7 @@ def _same_results(workdir, reference):
     assert valid_log(workdir) == valid_log(reference)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_results(tmp_path, reference_run):
     workdir = str(tmp_path / "run")
     proc, log = start_main(workdir, *RESUME_FLAGS)
@@ -213,6 +215,7 @@ def test_resume_after_sigkill_gives_identical_results(tmp_path, reference_run):
     _same_results(workdir, reference_run)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_then_resume_survives_a_nan_attempt(tmp_path, reference_run):
     """SIGTERM saves a checkpoint and exits; a NaN run then stops without
     touching it; resuming from it still ends exactly where the reference ends."""
@@ -261,6 +264,7 @@ def _rows(path):
         return list(csv.reader(f))
 
 
+@pytest.mark.slow
 def test_end_to_end_tiny_run_writes_every_output(tmp_path, ml100k):
     workdir = tmp_path / "tiny"
     out = _ok(run_main(str(workdir)))

@@ -18,10 +18,11 @@ from ml_collections import ConfigDict
 
 from configs import common
 from rec_jax.distill import transfer
-from rec_jax.distill.fusion import ItemFusion, seen_mask
-from rec_jax.models import registry, students
+from rec_jax.models.fusion import ItemFusion
+from rec_jax import recipes
+from rec_jax.models import students
 from rec_jax.train import optim
-from rec_jax.train.trainer import ModelSpec
+from rec_jax.spec import ModelName, ModelSpec
 
 NU, NI = 6, 10  # users, items of the small students
 
@@ -237,12 +238,8 @@ def test_item_fusion_inductive(mode):
     mixed = np.asarray(ItemFusion(4, mode, inductive=False).apply({"params": params}, id_emb,
                                                                   None, side))
     assert np.all(np.abs(mixed[~seen] - projected[~seen]).max(-1) > 1e-3)
-    with pytest.raises(ValueError, match="config.enhance.mode"):
+    with pytest.raises(ValueError, match="config.fusion.mode"):
         ItemFusion(4, "concat").init(jax.random.PRNGKey(0), id_emb, None, side)
-
-
-def test_seen_mask():
-    np.testing.assert_array_equal(seen_mask(np.array([0, 3, 1, 0])), [False, True, True, False])
 
 
 def _mf_scores(module, params, side):
@@ -336,7 +333,7 @@ def _teacher_params(seed=0):
 def _share_config(share):
     config = common.base_config()
     config.transfer.share = share
-    config.enhance.source = "text"
+    config.fusion.source = "text"
     config.teacher.dim = DT
     return config
 
@@ -348,7 +345,7 @@ def _text_side(seed=0):
 
 def _fused_student(family, config):
     """(module, init fn) of a small fused student built from the run config."""
-    kw = registry.module_args(f"{family}_fusion", config)
+    kw = recipes.module_args(ModelName.parse(f"{family}_fusion"), config)
     side = _text_side()
     if family == "mf":
         module = students.MF(NU, NI, 4, **kw)
@@ -469,7 +466,7 @@ def test_frozen_share_keeps_the_transfer_groups():
 def test_share_none_keeps_the_old_student():
     config = common.base_config()
     assert config.transfer.share == "none"
-    assert "shared_text_dim" not in registry.module_args("mf_fusion", config)
+    assert "shared_text_dim" not in recipes.module_args(ModelName.parse("mf_fusion"), config)
     _, init = _fused_student("mf", config)
     params = init(jax.random.PRNGKey(0))
     old = students.MF(NU, NI, 4, fusion="add").init(
@@ -486,20 +483,20 @@ def test_share_none_keeps_the_old_student():
 def test_share_errors():
     config = _share_config("bogus")
     with pytest.raises(ValueError, match=r"config.transfer.share='bogus'.*text_proj_frozen"):
-        registry.module_args("mf_fusion", config)
+        recipes.module_args(ModelName.parse("mf_fusion"), config)
     with pytest.raises(ValueError, match="config.transfer.share"):
         transfer.with_shared_text(_spec(None), "copy", _teacher_params())
     config.transfer.share = "text_proj"
     # Models without a fusion path ignore the key (one config serves the whole run).
     for name in ("deepfm", "sasrec_kd", "mf_kd_transfer"):
-        assert "shared_text_dim" not in registry.module_args(name, config)
-    config.enhance.source = "teacher"
-    with pytest.raises(ValueError, match="config.enhance.source='text'"):
-        registry.module_args("mf_fusion", config)
-    config.enhance.source = "text"
+        assert "shared_text_dim" not in recipes.module_args(ModelName.parse(name), config)
+    config.fusion.source = "teacher"
+    with pytest.raises(ValueError, match="config.fusion.source='text'"):
+        recipes.module_args(ModelName.parse("mf_fusion"), config)
+    config.fusion.source = "text"
     config.teacher.freeze = "top:1"
     with pytest.raises(ValueError, match="config.teacher.freeze='encoder'"):
-        registry.module_args("mf_fusion", config)
+        recipes.module_args(ModelName.parse("mf_fusion"), config)
     # A teacher that does not fit the student's shared layers, or has no text projection.
     _, init = _fused_student("mf", _share_config("text_proj"))
     wide = _teacher_params()

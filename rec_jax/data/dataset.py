@@ -14,8 +14,8 @@ import fcntl
 import os
 
 import numpy as np
-from absl import logging
 
+from rec_jax import console, errors
 from rec_jax.data import raw
 
 ARRAYS_VERSION = 1
@@ -94,8 +94,9 @@ class Dataset:
         with np.load(path, allow_pickle=False) as f:
             version = int(f["version"])
             if version != ARRAYS_VERSION:
-                raise ValueError(f"{path}: arrays version {version}, this code reads "
-                                 f"{ARRAYS_VERSION}; delete the file to re-prepare it")
+                raise errors.StaleInputError(f"{path}: arrays version {version}, this code "
+                                             f"reads {ARRAYS_VERSION}; delete the file to "
+                                             "re-prepare it")
             return cls(name=str(f["name"]), **{k: f[k] for k in _FIELDS})
 
 
@@ -145,7 +146,7 @@ def resolve_source(variant: str, source_dir: str | None) -> str:
         return os.path.abspath(os.path.expanduser(source_dir))
     if variant == "100k":
         return raw.recbole_ml100k_dir()
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f"config.data.variant='{variant}' needs config.data.source_dir: a GroupLens "
         f"ml-{variant} directory (ratings.dat, movies.dat, users.dat)")
 
@@ -181,12 +182,12 @@ def load(variant: str = "100k", data_dir: str = "data", source_dir: str | None =
         neither the raw files nor TensorFlow; e.g. one copied to a GPU box.
 
     Returns:
-      The dataset; its statistics are logged.
+      The dataset (``describe()`` summarises it).
     """
     if prepared:
         arrays_path = os.path.join(os.path.expanduser(prepared), "arrays.npz")
         if not os.path.exists(arrays_path):
-            raise FileNotFoundError(
+            raise errors.MissingInputError(
                 f"config.data.prepared={prepared!r} has no arrays.npz; prepare the data on a "
                 "machine with TensorFlow (any run with the same data settings) and copy the "
                 "folder data/<variant>_<digest>/")
@@ -197,9 +198,7 @@ def load(variant: str = "100k", data_dir: str = "data", source_dir: str | None =
         if not os.path.exists(arrays_path):
             dataset = _prepare_with_tfds(variant, folder, resolve_source(variant, source_dir))
             dataset.save(arrays_path)
-    dataset = Dataset.load(arrays_path)
-    logging.info("Loaded %s from %s", dataset.describe(), arrays_path)
-    return dataset
+    return Dataset.load(arrays_path)
 
 
 def _prepare_with_tfds(variant: str, folder: str, source: str) -> Dataset:
@@ -207,6 +206,7 @@ def _prepare_with_tfds(variant: str, folder: str, source: str) -> Dataset:
     import tensorflow_datasets as tfds
 
     from rec_jax.data import movielens
+    console.say(f"preparing ml-{variant} from {source} into {folder} (once)")
     builder = movielens.prepare(variant, os.path.join(folder, "tfds"), source)
     columns: dict[str, list] = {}
     for batch in tfds.as_numpy(builder.as_dataset(split="train").batch(65536)):

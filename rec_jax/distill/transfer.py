@@ -15,7 +15,7 @@ student is wider than the teacher, the first d_teacher columns are
 transferred and the rest keep their random init.
 ``config.transfer.freeze_steps`` holds them fixed for a warm-up (optimizer
 group "transferred" gets zero updates until then).
-``config.transfer.share`` (``*_fusion`` students over ``enhance.source="text"``):
+``config.transfer.share`` (``*_fusion`` students over ``fusion.source="text"``):
 ``text_proj`` starts the fusion text path with a trainable copy of the
 teacher's ``item_text_proj``; ``text_proj_frozen`` keeps that copy fixed.
 """
@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from rec_jax import errors
 
 INITS = ("random", "teacher_pca", "teacher_linear")
 SHARES = ("none", "text_proj", "text_proj_frozen")
@@ -97,7 +99,7 @@ def transferred_tables(kind: str, teacher_items: np.ndarray, teacher_users: np.n
       {"item": [I, dim], "user": [U, dim] or absent, "explained": float}.
     """
     if kind not in INITS:
-        raise ValueError(f"config.transfer.init={kind!r}: use one of {INITS}")
+        raise errors.ConfigError(f"config.transfer.init={kind!r}: use one of {INITS}")
     dim = min(dim, np.shape(teacher_items)[1], np.shape(teacher_items)[0])
     out = {}
     if kind == "teacher_pca":
@@ -196,31 +198,6 @@ def with_transfer(spec, family: str, cfg, teacher_items, teacher_users, seed: in
 # ---------------------------------------------------------------------------
 
 
-def shared_text_dim(config, name: str, fused: bool) -> int:
-    """Width of the teacher projection that model `name` shares (0: no sharing).
-
-    Raises:
-      ValueError: an unknown config.transfer.share, or sharing where a
-        `_fusion` student's input is not the text the teacher's projection read.
-    """
-    share = config.transfer.share
-    if share not in SHARES:
-        raise ValueError(f"config.transfer.share={share!r}: use one of {SHARES}")
-    if share == "none":
-        return 0
-    if not fused:
-        # Only `_fusion` models have a text path to share into; the rest of a
-        # run (plain, _kd, _transfer) ignores the key, so one config serves a grid.
-        return 0
-    source, freeze = config.enhance.source, config.teacher.freeze
-    if source != "text" or freeze != "encoder":
-        # The teacher's item_text_proj was trained on frozen, pooled BERT
-        # vectors; any other fusion input would feed it something else.
-        raise ValueError(f"config.transfer.share={share!r} needs config.enhance.source='text' "
-                         f"and config.teacher.freeze='encoder' (got {source!r}, {freeze!r})")
-    return int(config.teacher.dim)
-
-
 def share_text_proj(params: dict, teacher_params: dict, text_scale: float = 1.0) -> dict:
     """Copies the teacher's item_text_proj into a fused student's shared layers.
 
@@ -232,8 +209,8 @@ def share_text_proj(params: dict, teacher_params: dict, text_scale: float = 1.0)
         the student starts from the item text vectors the teacher actually used.
     """
     if "item_text_proj" not in teacher_params:
-        raise ValueError("config.transfer.share: the teacher has no item_text_proj "
-                         "(config.teacher.use_text is off)")
+        raise errors.ConfigError("config.transfer.share: the teacher has no "
+                                 "item_text_proj (config.teacher.use_text is off)")
     source = teacher_params["item_text_proj"]
     fuse = dict(params["fuse"])
     for layer, teacher_layer in SHARED_LAYERS.items():
@@ -241,9 +218,9 @@ def share_text_proj(params: dict, teacher_params: dict, text_scale: float = 1.0)
         for key, value in fuse[layer].items():
             weight = np.asarray(source[teacher_layer][key])
             if weight.shape != value.shape:
-                raise ValueError(f"config.transfer.share: teacher item_text_proj/{teacher_layer}/"
-                                 f"{key} is {weight.shape}, the student's fuse/{layer}/{key} "
-                                 f"{value.shape}")
+                raise errors.ConfigError(
+                    f"config.transfer.share: teacher item_text_proj/{teacher_layer}/{key} is "
+                    f"{weight.shape}, the student's fuse/{layer}/{key} {value.shape}")
             if layer == "shared_proj":
                 weight = weight * text_scale
             copied[key] = jnp.asarray(weight, value.dtype)
@@ -269,7 +246,7 @@ def with_shared_text(spec, share: str, teacher_params: dict, text_scale: float =
     text_scale: see share_text_proj.
     """
     if share not in SHARES:
-        raise ValueError(f"config.transfer.share={share!r}: use one of {SHARES}")
+        raise errors.ConfigError(f"config.transfer.share={share!r}: use one of {SHARES}")
     if share == "none":
         return spec
     base_init = spec.init

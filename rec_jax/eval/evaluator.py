@@ -29,9 +29,9 @@ import numpy as np
 
 from rec_jax.data.interactions import SplitData
 from rec_jax.eval import metrics as metrics_lib
+from rec_jax.spec import QueryFn
 
 ScoreFn = Callable[[Any, dict, Any], jnp.ndarray]  # (params, query, side) -> [B, I]
-QueryFn = Callable[[np.ndarray, str], dict]  # (users, part) -> host arrays
 
 
 class Evaluator:

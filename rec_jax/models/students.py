@@ -27,11 +27,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from rec_jax.distill.fusion import ItemFusion
+from rec_jax.models.fusion import ItemFusion
 from rec_jax.models.layers import SequenceEncoder
 
 # Xavier-normal embeddings (what RecBole uses): small, fan-scaled weights;
-# DESIGN §8 found N(0, 0.1) noticeably worse for BPR-MF on ml-100k.
+# an N(0, 0.1) init reached test NDCG@10 0.2527 against RecBole BPR's 0.2931 on ml-100k ratio.
 _embed_init = nn.initializers.xavier_normal()
 
 

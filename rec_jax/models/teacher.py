@@ -1,4 +1,4 @@
-"""The teacher: a pretrained BERT turned into a multi-task recommender (DESIGN §4).
+"""The teacher: a pretrained BERT turned into a multi-task recommender.
 
 Item tower: BERT over the item text (mean-pooled), projected to the model
 width, plus an item ID embedding (on by default, so the teacher sees all the
@@ -34,10 +34,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rec_jax import errors
 from rec_jax.models import bert as bert_lib
 from rec_jax.models.layers import ProfileEncoder, SequenceEncoder
 
@@ -59,9 +61,10 @@ def parse_freeze(freeze: str, num_layers: int) -> int | None:
         except ValueError:
             k = -1
         if not 1 <= k <= num_layers:
-            raise ValueError(f"config.teacher.freeze={freeze!r}: K must be in 1..{num_layers}")
+            raise errors.ConfigError(
+                f"config.teacher.freeze={freeze!r}: K must be in 1..{num_layers}")
         return num_layers - k
-    raise ValueError(f"config.teacher.freeze={freeze!r}: use 'encoder', 'top:K' or 'none'")
+    raise errors.ConfigError(f"config.teacher.freeze={freeze!r}: use 'encoder', 'top:K' or 'none'")
 
 
 class TextTower(nn.Module):
@@ -127,7 +130,8 @@ class Teacher(nn.Module):
 
     def setup(self):
         if not (self.use_ids or self.use_text):
-            raise ValueError("the teacher needs text, IDs or both")
+            raise errors.ConfigError("the teacher needs text, IDs or both "
+                                     "(config.teacher.use_text, config.teacher.use_ids)")
         if self.use_text:
             self.item_text_proj = nn.Sequential([nn.LayerNorm(), nn.Dense(self.dim)])
             self.user_text_proj = nn.Sequential([nn.LayerNorm(), nn.Dense(self.dim)])
@@ -152,7 +156,7 @@ class Teacher(nn.Module):
                 self.bag_item_id = nn.Embed(self.num_items, self.dim,
                                             embedding_init=nn.initializers.normal(0.02))
         else:
-            raise ValueError(f"user_tower={self.user_tower!r}: use one of {USER_TOWERS}")
+            raise errors.ConfigError(f"user_tower={self.user_tower!r}: use one of {USER_TOWERS}")
         self.ctr_hidden = nn.Dense(self.dim)
         self.ctr_out = nn.Dense(1)
         self.genre_head = nn.Dense(self.num_genres)
@@ -262,11 +266,6 @@ class Teacher(nn.Module):
             "item_emb": items,
         }
 
-    def user_vector(self, query, side, deterministic: bool = True):
-        """[B, dim] the user after their whole history (last position)."""
-        items = self.item_vectors(side, deterministic)
-        return self.user_states(query, items, side, deterministic)[:, -1]
-
     def score_all(self, query, side, deterministic: bool = True):
         """[B, num_items] ranking logits for the queried users."""
         items = self.item_vectors(side, deterministic)
@@ -300,7 +299,6 @@ def load_text_tower(params: dict, bert_path: str | None) -> dict:
     Only the layers the tower owns (and the embeddings when it starts at 0)
     are copied; every one of them must match the checkpoint in name and shape.
     """
-    import flax
     _, pretrained, _ = bert_lib.load_pretrained(bert_path, with_tokenizer=False)
     pretrained = flax.traverse_util.flatten_dict(pretrained["params"])
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))

@@ -29,7 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rec_jax import errors
 from rec_jax.data.interactions import SplitData
+from rec_jax.models.teacher import Teacher
 
 VERSION = 1
 
@@ -56,7 +58,6 @@ def fingerprint(config) -> str:
 def compute(module, params, side, data: SplitData, make_query, topk: int,
             batch_users: int = 256) -> dict[str, np.ndarray]:
     """Runs the trained teacher over every user and training pair."""
-    from rec_jax.models.teacher import Teacher
 
     @jax.jit
     def per_users(params, query, side, exclude):
@@ -117,17 +118,17 @@ def save(path: str, arrays: dict, config) -> None:
 def load(path: str, config) -> dict[str, np.ndarray]:
     """Loads artifacts, refusing ones made for another teacher, data or split."""
     if not os.path.exists(path):
-        raise FileNotFoundError(
+        raise errors.MissingInputError(
             f"teacher artifacts not found: {path}. Run the teacher stage first "
             "(--stage=teacher, or --stage=all) in the same workdir.")
     with np.load(path, allow_pickle=False) as f:
         arrays = dict(f)
     if int(arrays["version"]) != VERSION:
-        raise ValueError(f"{path}: artifacts version {int(arrays['version'])}, expected "
-                         f"{VERSION}; rerun the teacher stage")
+        raise errors.StaleInputError(f"{path}: artifacts version {int(arrays['version'])}, "
+                                     f"expected {VERSION}; rerun the teacher stage")
     expected = fingerprint(config)
     if str(arrays["fingerprint"]) != expected:
-        raise ValueError(
+        raise errors.StaleInputError(
             f"{path} was made by a teacher with another config, data split or seed "
             f"(fingerprint {arrays['fingerprint']} != {expected}); use a fresh workdir "
             "or delete the teacher folder to retrain it")

@@ -19,6 +19,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from rec_jax import errors
+
 
 class Checkpointer:
     """Keeps the last `keep` checkpoints of one model in `directory`."""
@@ -49,7 +51,7 @@ class Checkpointer:
         """Restores `step` (default: latest) into the structure of abstract_state."""
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            raise errors.MissingInputError(f"no checkpoint in {self.directory}")
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))

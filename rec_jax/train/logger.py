@@ -1,5 +1,7 @@
 """Metric logging: metrics.jsonl, TensorBoard events, and a progress bar.
 
+The bar and the progress lines go through rec_jax.console, the job's one voice.
+
 Only process 0 writes. On resume from step s, records after s are dropped
 from metrics.jsonl and TensorBoard (purge_step), so a resumed run's logs read
 as if it had never been interrupted.
@@ -14,6 +16,8 @@ import sys
 import time
 
 import jax
+
+from rec_jax import console
 
 
 class MetricLogger:
@@ -49,9 +53,7 @@ class MetricLogger:
             self.tb = None
         use_bar = progress == "bar" or (progress == "auto" and sys.stderr.isatty())
         if use_bar:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total_steps, initial=start_step, desc=name, unit="step",
-                            dynamic_ncols=True, leave=True)
+            self.bar = console.ProgressBar(total_steps, start_step, name)
 
     def step(self, n: int = 1) -> None:
         if self.bar is not None:
@@ -71,7 +73,7 @@ class MetricLogger:
                     self.tb.add_scalar(f"{kind}/{k}", v, step)
         if self.bar is not None:
             shown = {k: f"{v:.4g}" for k, v in scalars.items() if k in ("loss", "ndcg@10")}
-            self.bar.set_postfix(shown, refresh=False)
+            self.bar.set_postfix(shown)
         elif kind != "train" or step == self.total_steps:
             self._line(step, scalars, kind)
 
@@ -82,8 +84,8 @@ class MetricLogger:
         eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
         shown = ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()
                           if k in ("loss", "ndcg@10", "recall@10"))
-        print(f"[{self.name}] {kind} step {step}/{self.total_steps} ({rate:.1f} step/s, "
-              f"ETA {eta:.0f}s) {shown}", flush=True)
+        console.say(f"[{self.name}] {kind} step {step}/{self.total_steps} ({rate:.1f} step/s, "
+                    f"ETA {eta:.0f}s) {shown}")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -19,12 +19,14 @@ from typing import Any, Callable
 import flax
 import optax
 
+from rec_jax import errors
+
 
 def schedule(cfg, total_steps: int, scale: float = 1.0) -> optax.Schedule:
     lr = cfg.lr * scale
-    warmup = int(cfg.get("warmup_steps", 0))
+    warmup = int(cfg.warmup_steps)
     decay_steps = max(1, total_steps - warmup)
-    kind = cfg.get("schedule", "constant")
+    kind = cfg.schedule
     if kind == "constant":
         main = optax.constant_schedule(lr)
     elif kind == "cosine":
@@ -32,8 +34,8 @@ def schedule(cfg, total_steps: int, scale: float = 1.0) -> optax.Schedule:
     elif kind == "linear":
         main = optax.linear_schedule(lr, 0.0, decay_steps)
     else:
-        raise ValueError(f"config.optim.schedule: unknown schedule {kind!r} "
-                         "(constant | cosine | linear)")
+        raise errors.ConfigError(f"config.optim.schedule: unknown schedule {kind!r} "
+                                 "(constant | cosine | linear)")
     if warmup:
         return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
     return main
@@ -44,19 +46,20 @@ def _base(cfg, lr) -> optax.GradientTransformation:
     if name == "adam":
         return optax.adam(lr)
     if name == "adamw":
-        return optax.adamw(lr, weight_decay=cfg.get("weight_decay", 0.0))
+        return optax.adamw(lr, weight_decay=cfg.weight_decay)
     if name == "adagrad":
         return optax.adagrad(lr)
     if name == "sgd":
-        return optax.sgd(lr, momentum=cfg.get("momentum", 0.0) or None)
-    raise ValueError(f"config.optim.name: unknown optimizer {name!r} (adam | adamw | adagrad | sgd)")
+        return optax.sgd(lr, momentum=cfg.momentum or None)
+    raise errors.ConfigError(f"config.optim.name: unknown optimizer {name!r} "
+                             "(adam | adamw | adagrad | sgd)")
 
 
 def _one_group(cfg, total_steps, scale):
     parts = []
-    if cfg.get("grad_clip", 0.0):
+    if cfg.grad_clip:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-    if cfg.get("l2", 0.0):
+    if cfg.l2:
         parts.append(optax.add_decayed_weights(cfg.l2))
     parts.append(_base(cfg, schedule(cfg, total_steps, scale)))
     return optax.chain(*parts)
@@ -83,7 +86,7 @@ def make_optimizer(cfg, total_steps: int, params: Any = None,
         return _one_group(cfg, total_steps, 1.0)
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
     labels = flax.traverse_util.unflatten_dict({k: label_fn(k) for k in flat})
-    group_lr = dict(cfg.get("group_lr", {}) or {})
+    group_lr = dict(cfg.group_lr)
     freeze_steps = freeze_steps or {}
     transforms = {}
     for label in set(flax.traverse_util.flatten_dict(labels).values()):

@@ -18,12 +18,11 @@ the same place up to float rounding.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import numpy as np
-from absl import logging
 
+from rec_jax import console, errors, sharding
 from rec_jax.train import mesh as mesh_lib
 from rec_jax.train.step import make_pmapped_step, replicate, unreplicate
 
@@ -65,9 +64,9 @@ class MeshLayout:
         self.mesh, self.num_items = mesh, num_items
 
     def prepare(self, loss_fn, tx, state, side, frozen):
-        shardings = mesh_lib.tree_shardings(state, self.mesh, self.num_items)
-        side_shardings = mesh_lib.tree_shardings(side, self.mesh, self.num_items)
-        frozen_shardings = mesh_lib.tree_shardings(frozen, self.mesh, self.num_items)
+        shardings = sharding.tree_shardings(state, self.mesh, self.num_items)
+        side_shardings = sharding.tree_shardings(side, self.mesh, self.num_items)
+        frozen_shardings = sharding.tree_shardings(frozen, self.mesh, self.num_items)
         step = mesh_lib.make_mesh_step(loss_fn, tx, self.mesh, shardings, side_shardings,
                                        frozen_shardings)
         # The step donates its state: place a host copy, so the donated buffers
@@ -78,7 +77,7 @@ class MeshLayout:
                 jax.device_put(frozen, frozen_shardings))
 
     def batches(self, pipeline, start: int, stop: int):
-        return pipeline.mesh_batches(start, stop, mesh_lib.batch_sharding(self.mesh))
+        return pipeline.mesh_batches(start, stop, sharding.batch_sharding(self.mesh))
 
     def first(self, tree):
         return tree  # Sums come back replicated: one global value per leaf.
@@ -106,23 +105,24 @@ def mesh_shape(value: str, num_devices: int, num_items: int) -> tuple[int, int]:
     except ValueError:
         shape = ()
     if len(shape) != 2:
-        raise ValueError(f"config.mesh_shape={value!r}: use 'auto' or 'D,M' "
-                         "(data, model; one may be -1)")
+        raise errors.ConfigError(f"config.mesh_shape={value!r}: use 'auto' or 'D,M' "
+                                 "(data, model; one may be -1)")
     if shape.count(-1) == 1:
         known = -math.prod(shape)
         if known > 0 and num_devices % known == 0:
             shape = tuple(num_devices // known if s == -1 else s for s in shape)
     if math.prod(shape) != num_devices or min(shape) < 1:
-        raise ValueError(f"config.mesh_shape={value!r} does not lay out {num_devices} devices")
+        raise errors.ConfigError(
+            f"config.mesh_shape={value!r} does not lay out {num_devices} devices")
     return shape
 
 
 def check_config(config) -> None:
     """Refuses unknown ``config.parallel`` / malformed ``config.mesh_shape`` before any work."""
-    mode = config.get("parallel", "pmap")
+    mode = config.parallel
     if mode not in PARALLEL_MODES:
-        raise ValueError(f"config.parallel={mode!r}: use one of {PARALLEL_MODES}")
-    value = config.get("mesh_shape", "auto")
+        raise errors.ConfigError(f"config.parallel={mode!r}: use one of {PARALLEL_MODES}")
+    value = config.mesh_shape
     if mode == "mesh" and value != "auto":
         mesh_shape(value, jax.device_count(), 1)
 
@@ -137,21 +137,16 @@ def make_layout(config, name: str, num_items: int, can_mesh: bool = True):
         run, so one config trains a whole pipeline.
     """
     check_config(config)
-    if config.get("parallel", "pmap") == "pmap":
+    if config.parallel == "pmap":
         return PmapLayout()
     if not can_mesh:
-        message = (f"[{name}] config.parallel='mesh' does not cover this model; "
-                   "training it with pmap instead")
-        logging.warning(message)
-        print(message, flush=True)
+        console.say(f"[{name}] config.parallel='mesh' does not cover this model; "
+                    "training it with pmap instead")
         return PmapLayout()
-    data, model = mesh_shape(config.get("mesh_shape", "auto"), jax.device_count(), num_items)
+    data, model = mesh_shape(config.mesh_shape, jax.device_count(), num_items)
     if model > 1 and num_items % model:
-        message = (f"[{name}] {num_items} items do not split into {model} equal shards: "
-                   "item tables stay replicated (pad the catalogue or change config.mesh_shape)")
-        logging.warning(message)
-        print(message, flush=True)
-    print(f"[{name}] mesh mode: (data, model) = ({data}, {model}), "
-          f"item rows per device {num_items // model if num_items % model == 0 else num_items}",
-          flush=True)
-    return MeshLayout(mesh_lib.make_mesh((data, model)), num_items)
+        console.say(f"[{name}] {num_items} items do not split into {model} equal shards: "
+                    "item tables stay replicated (pad the catalogue or change config.mesh_shape)")
+    console.say(f"[{name}] mesh mode: (data, model) = ({data}, {model}), item rows per device "
+                f"{num_items // model if num_items % model == 0 else num_items}")
+    return MeshLayout(sharding.make_mesh((data, model)), num_items)

@@ -15,9 +15,6 @@ One pure update, :func:`apply_update`, runs under two parallel layouts:
   on a ("data", "model") mesh, item tables row-sharded on "model"; the loss
   sees the global batch, so its reductions are global already and no
   collective is written out (XLA inserts them).
-
-:func:`make_pmapped_multi_step` runs several steps per call (``lax.scan``
-over a stacked batch) to amortise per-call dispatch when steps are tiny.
 """
 
 from __future__ import annotations
@@ -30,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-AXIS = "batch"
+from rec_jax.sharding import BATCH as AXIS, device_sharding
+from rec_jax.spec import LossFn
 
-LossFn = Callable[[Any, dict, Any, Any, jax.Array], tuple[jax.Array, dict]]
+
 
 
 @flax.struct.dataclass
@@ -116,7 +114,7 @@ def global_train_step(state: TrainState, batch: dict, side: Any, frozen: Any,
     return apply_update(state, batch, side, frozen, key, loss_fn=loss_fn, tx=tx)
 
 
-def _donate_state() -> tuple[int, ...]:
+def donated_state_args() -> tuple[int, ...]:
     """Donate the state to pmap except on CPU.
 
     Donation lets an accelerator update the state in place (no second copy
@@ -135,40 +133,16 @@ def make_pmapped_step(loss_fn: LossFn, tx: optax.GradientTransformation):
 
     state, side and frozen carry a leading device axis (replicate them once);
     the key is broadcast. On accelerators the state is donated (its buffers
-    are reused); see `_donate_state` for CPU.
+    are reused); see `donated_state_args` for CPU.
     """
     def step(state, batch, side, frozen, key):
         return train_step(state, batch, side, frozen, key, loss_fn=loss_fn, tx=tx)
     return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, 0, 0, None),
-                    donate_argnums=_donate_state())
-
-
-def make_pmapped_multi_step(loss_fn: LossFn, tx: optax.GradientTransformation):
-    """Several steps per call: (state, stacked, side, frozen, key) -> (state, sums).
-
-    `stacked` holds k consecutive steps' batches, shaped
-    ``[local_devices, k, per_device_batch, ...]`` (see
-    ``TrainPipeline.device_batches(..., steps_per_call=k)``); a ``lax.scan``
-    runs :func:`train_step` on each in order, so the result equals k calls of
-    the one-step function (same batches, same per-step keys). Returned sums
-    are added over the k steps. One call per k steps amortises dispatch and
-    host work when a step takes well under a millisecond (MF on a CPU). The
-    number of steps is the batch's leading dimension: each distinct k
-    compiles once.
-    """
-    def steps(state, stacked, side, frozen, key):
-        def body(carry, batch):
-            carry, sums = train_step(carry, batch, side, frozen, key, loss_fn=loss_fn, tx=tx)
-            return carry, sums
-        state, sums = jax.lax.scan(body, state, stacked)
-        return state, jax.tree.map(lambda x: x.sum(0), sums)
-    return jax.pmap(steps, axis_name=AXIS, in_axes=(0, 0, 0, 0, None),
-                    donate_argnums=_donate_state())
+                    donate_argnums=donated_state_args())
 
 
 def replicate(tree: Any) -> Any:
     """Copies a pytree onto every local device: leading axis = local devices."""
-    from rec_jax.data.pipeline import device_sharding
     n = jax.local_device_count()
     sharding = device_sharding()
     return jax.tree.map(

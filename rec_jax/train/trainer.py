@@ -12,75 +12,37 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
-import numpy as np
-from absl import logging
 
-from rec_jax.data.pipeline import ExampleSource, TrainPipeline
-from rec_jax.eval.evaluator import Evaluator, QueryFn
+from rec_jax import console, errors
+from rec_jax.data.pipeline import TrainPipeline
+from rec_jax.eval.evaluator import Evaluator
+from rec_jax.spec import ModelSpec
 from rec_jax.train import optim
 from rec_jax.train.checkpoint import Checkpointer
 from rec_jax.train.logger import MetricLogger
 from rec_jax.train.parallel import PmapLayout
-from rec_jax.train.step import LossFn, init_state
-
-
-@dataclasses.dataclass
-class ModelSpec:
-    """Everything the trainer and evaluator need to know about a model.
-
-    Attributes:
-      name: output name (folder, results key), e.g. "mf_kd".
-      init: rng -> params.
-      loss_fn: (params, batch, side, frozen, rng) -> (loss, sums).
-      source: the training examples.
-      score_fn: (params, query, side) -> [B, num_items] scores.
-      make_query: (users, part) -> host arrays for score_fn.
-      frozen: params used in the forward pass but never trained.
-      label_fn: param path -> optimizer group (None: one group).
-      ctr_logit_fn: (params, users, items, side) -> logits, for CTR models.
-      module: the Linen module (for parameter counts and serving timings).
-      freeze_steps: optimizer group -> initial steps with zero updates.
-      user_vectors_fn: (params, query, side) -> [B, d], and
-      item_table_fn: (params, side) -> ([num_items, d], [num_items] bias or
-        None), for models that score by a dot product (MF, SASRec): mesh mode
-        ranks them over a row-sharded table (rec_jax.eval.sharded). None: the
-        model is evaluated through score_fn only.
-    """
-
-    name: str
-    init: Callable[[jax.Array], Any]
-    loss_fn: LossFn
-    source: ExampleSource
-    score_fn: Callable
-    make_query: QueryFn
-    frozen: Any = None
-    label_fn: Callable | None = None
-    ctr_logit_fn: Callable | None = None
-    module: Any = None
-    freeze_steps: dict | None = None
-    user_vectors_fn: Callable | None = None
-    item_table_fn: Callable | None = None
+from rec_jax.train.step import init_state
 
 
 class TrainingInterrupted(SystemExit):
     """Raised after SIGTERM, once the checkpoint is safely written."""
 
 
-class NonFiniteLoss(FloatingPointError):
-    pass
+class NonFiniteLoss(errors.NonFiniteError):
+    """The loss became NaN/inf; the run stops and keeps its last good checkpoint."""
 
 
 def resolve_steps(train_cfg, steps_per_epoch: int) -> int:
     """Training length in steps from either `steps` or `epochs` (one helper, one rule)."""
-    steps = int(train_cfg.get("steps", 0) or 0)
-    epochs = float(train_cfg.get("epochs", 0) or 0)
+    steps = int(train_cfg.steps or 0)
+    epochs = float(train_cfg.epochs or 0)
     if steps and epochs:
-        raise ValueError("set either train.steps or train.epochs, not both")
+        raise errors.ConfigError("set either train.steps or train.epochs, not both")
     if not steps and not epochs:
-        raise ValueError("set train.steps or train.epochs")
+        raise errors.ConfigError("set train.steps or train.epochs")
     return steps or max(1, int(math.ceil(epochs * steps_per_epoch)))
 
 
@@ -108,7 +70,7 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
     # ------------------------------------------------------------------ setup
     tcfg = cfg.train
     pipeline = TrainPipeline(spec.source, tcfg.batch_size_per_device, seed,
-                             engine=tcfg.get("input_engine", "auto"))
+                             engine=tcfg.input_engine)
     steps_per_epoch = pipeline.steps_per_epoch
     total_steps = resolve_steps(tcfg, steps_per_epoch)
     eval_every = max(1, int(tcfg.eval_every_epochs * steps_per_epoch))
@@ -130,7 +92,7 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
         restored, meta = ckpt.restore({"state": state, "best": best_params})
         state, best_params = restored["state"], restored["best"]
         start = int(state.step)
-        logging.info("[%s] resumed from step %d (%s)", spec.name, start, ckpt.directory)
+        console.say(f"[{spec.name}] resumed from step {start} ({ckpt.directory})")
     if meta["done"]:
         ckpt.close()
         return FitResult(best_params, meta)
@@ -147,7 +109,6 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
     t_start = time.time()
 
     def save(step_now):
-        nonlocal sums_acc
         ckpt.save(step_now, {"state": layout.host(state_dev), "best": best_params}, meta)
 
     def check_finite(step_now):
@@ -155,11 +116,12 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
             return
         if float(jax.device_get(layout.first(sums_acc["nonfinite"]))) > 0:
             good = ckpt.latest_step()
+            kept = (f"The last good checkpoint is step {good} in {ckpt.directory}."
+                    if good is not None else "No checkpoint was saved before it.")
             raise NonFiniteLoss(
-                f"[{spec.name}] loss became NaN/inf between steps {last_log_step} and {step_now}; "
-                f"stopped without saving. The last good checkpoint is step {good} in "
-                f"{ckpt.directory}. Lower the learning rate (config.model.*.optim.lr) or "
-                "check the input data.")
+                f"[{spec.name}] NonFiniteLoss: loss became NaN/inf between steps "
+                f"{last_log_step} and {step_now}; stopped without saving. {kept} Lower the "
+                "learning rate (config.model.*.optim.lr) or check the input data.")
 
     try:
         step = start
