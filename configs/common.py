@@ -46,6 +46,9 @@ def optim_section(**overrides) -> ConfigDict:
 def mf_section() -> ConfigDict:
     c = ConfigDict()
     c.embed_dim = 64
+    # bpr: one sampled negative per positive (RecBole's BPR) | softmax: the
+    # positive against the whole catalogue (the hard loss KD students add to).
+    c.loss = "bpr"
     c.l2_embed = 0.0
     c.train = train_section()
     c.optim = optim_section()
@@ -69,8 +72,19 @@ def deepfm_section() -> ConfigDict:
     c.embed_dim = 16
     c.hidden = (64, 32)
     c.dropout = 0.1
+    # implicit: every interaction is a positive (what the ranking metrics ask) |
+    # rating: positive when rating >= data.ctr_threshold (what AUC / LogLoss ask).
+    c.label = "implicit"
     c.train = train_section(batch_size_per_device=2048, num_negatives=2)
     c.optim = optim_section()
+    return c
+
+
+def ease_section() -> ConfigDict:
+    """EASE (closed form): the reference row; λ picked on validation."""
+    c = ConfigDict()
+    c.l2_grid = "5,10,20,50,100,200,500,1000,2000"
+    c.select_metric = "ndcg@10"
     return c
 
 
@@ -166,10 +180,11 @@ def base_config() -> ConfigDict:
     """Every key with its default; the defaults are the main job's (ml100k_distill.py)."""
     c = ConfigDict()
     c.seed = 0
-    # Which models run, in order: `models` if set, else the teacher followed by
-    # every student in `students` with each suffix in `variants`
+    # Which models run, in order: `models` if set, else `baselines`, the teacher,
+    # then every student in `students` with each suffix in `variants`
     # ("plain" = no suffix; e.g. kd -> mf_kd, kd_transfer_fusion -> mf_kd_transfer_fusion).
     c.models = ""
+    c.baselines = "ease"  # fitted without a teacher, listed first: pop | ease
     c.students = "mf,sasrec,deepfm"
     c.variants = "plain,kd"
     c.label_fractions = ""  # e.g. "0.1,0.25,0.5": rerun the models on those label shares
@@ -187,6 +202,10 @@ def base_config() -> ConfigDict:
     c.data.data_dir = "data"  # prepared TFDS files and arrays, reused across runs
     c.data.prepared = ""  # a prepared folder to read without raw files or TensorFlow
     c.data.split = "loo_time"  # loo_time | ratio | cold_items
+    # Order of same-timestamp ratings (histories and loo_time hold-outs):
+    # random (seeded by config.seed) | item_id (the old, leaky order; only to
+    # reproduce numbers from before the fix).
+    c.data.tie_order = "random"
     c.data.cold_fraction = 0.1
     c.data.train_fraction = 1.0
     c.data.head_share = 0.2
@@ -201,6 +220,7 @@ def base_config() -> ConfigDict:
     c.model.mf = mf_section()
     c.model.sasrec = sasrec_section()
     c.model.deepfm = deepfm_section()
+    c.model.ease = ease_section()
     c.teacher = teacher_section()
     c.distill = distill_section()
     c.transfer = transfer_section()

@@ -33,6 +33,7 @@ from rec_jax.eval import report
 from rec_jax.eval.evaluator import Evaluator, ctr_metrics
 from rec_jax.eval.sharded import ShardedEvaluator
 from rec_jax.models import bert as bert_lib
+from rec_jax.models import ease as ease_lib
 from rec_jax.models.students import Popularity
 from rec_jax.recipes import artifacts as artifacts_lib
 from rec_jax.recipes import kd as kd_lib
@@ -83,7 +84,7 @@ def prepare_data(config, workdir: str) -> interactions.SplitData:
     dataset = dataset_lib.load(d.variant, d.data_dir, d.source_dir or None, d.prepared or None)
     console.say(dataset.describe())
     split = splits.make_split(dataset, d.split, config.seed, d.cold_fraction,
-                              train_fraction=d.train_fraction)
+                              train_fraction=d.train_fraction, tie_order=d.tie_order)
     if jax.process_index() == 0:
         splits.write_csv(dataset, split, os.path.join(workdir, "split"))
     data = interactions.build(dataset, split, d.head_share)
@@ -96,7 +97,7 @@ def prepare_data(config, workdir: str) -> interactions.SplitData:
 def needs_text(name: str, config) -> bool:
     """Whether a model reads the teacher's text tables."""
     name = ModelName.parse(name)
-    return (name.is_teacher
+    return ((name.is_teacher and not name.notext)
             or (name.kd and config.distill.teacher_mode == "online")
             or (name.fusion and config.fusion.source == "text"))
 
@@ -115,15 +116,21 @@ def check_teacher_ready(config, workdir: str, selected) -> None:
     Otherwise a `--stage=student` run in a fresh workdir would train every
     plain model first and only then fail on the first student that distils.
     """
-    waiting = [n for n in selected if needs_teacher(n, config)]
-    if not waiting or "teacher" in selected:
-        return
-    path = os.path.join(model_folder("teacher", config, workdir), "artifacts.npz")
-    if not os.path.exists(path):
-        raise errors.MissingInputError(
-            f"{', '.join(waiting)} need the trained teacher, but its artifacts are missing: "
-            f"{path}. Run the teacher stage first (--stage=teacher, or --stage=all) in the "
-            "same workdir.")
+    waiting: dict[str, list[str]] = {}
+    for n in selected:
+        if needs_teacher(n, config):
+            waiting.setdefault(ModelName.parse(n).source, []).append(n)
+    for source, students in waiting.items():
+        if source in selected:
+            continue
+        path = os.path.join(model_folder(source, config, workdir), "artifacts.npz")
+        if not os.path.exists(path):
+            what = "teacher" if source == "teacher" else source
+            stage = "teacher" if ModelName.parse(source).is_teacher else "student"
+            raise errors.MissingInputError(
+                f"{', '.join(students)} need the trained {what}, but its artifacts are "
+                f"missing: {path}. Run the {stage} stage first (--stage={stage}, or "
+                "--stage=all) in the same workdir.")
 
 
 def build_side(config, data, names) -> dict:
@@ -214,6 +221,41 @@ def evaluate_model(name: str, score_fn, make_query, params, side, data, config, 
     return result
 
 
+def _fit_ease(config, data, side, folder: str) -> dict:
+    """EASE, the reference row: one closed-form fit per λ of config.model.ease.l2_grid,
+    λ picked on validation (config.model.ease.select_metric), test read once.
+
+    Like MF it scores from the training rows only (validation items are not
+    fed back in at test time).
+    """
+    cfg = config.model.ease
+    t0 = time.time()
+    train = data.train.dense(np.arange(data.num_users)).astype(np.float32)
+    side = dict(side, train_matrix=train)
+    valid_eval = make_evaluator(data, "valid", config)
+    curve, best = {}, None
+    for l2 in (float(x) for x in str(cfg.l2_grid).split(",") if x.strip()):
+        params = {"B": ease_lib.ease_weights(train, l2)}
+        metrics, _ = valid_eval.evaluate(ease_lib.EASE.score_all, params, side,
+                                         recipes.user_query, keep_recs=False)
+        curve[f"{l2:g}"] = metrics[cfg.select_metric]
+        console.say(f"[ease] lambda {l2:g}: valid {cfg.select_metric} "
+                    f"{metrics[cfg.select_metric]:.4f}")
+        if best is None or metrics[cfg.select_metric] > best[0]:
+            best = (metrics[cfg.select_metric], l2, params)
+    if best is None:
+        raise errors.ConfigError("config.model.ease.l2_grid is empty")
+    _, l2, params = best
+    fit_seconds = time.time() - t0
+    result = evaluate_model("ease", ease_lib.EASE.score_all, recipes.user_query, params, side,
+                            data, config, folder)
+    result["info"] = {"num_params": int(params["B"].size), "train_seconds": fit_seconds,
+                      "l2": l2, f"valid_{cfg.select_metric}_by_l2": curve,
+                      "score_ms_per_user": serving_ms(ease_lib.EASE.score_all, params,
+                                                      {"user": np.zeros(1, np.int32)}, side)}
+    return result
+
+
 # ---------------------------------------------------------------------------
 # The teacher's extras and its bundle for students.
 # ---------------------------------------------------------------------------
@@ -228,22 +270,24 @@ def _finish_teacher(name, spec, cfg, params, side, data, config, folder, result)
     BERT part is timed separately and added.
     """
     info = result["info"]
-    if cfg.use_text:
+    if spec.module.use_text:
         if cfg.freeze != "none":
-            # Frozen BERT layers are not trainable params but are part of the
-            # model that serves (new users' and items' text goes through them).
+            # Frozen BERT layers are not trained (num_params counts what is)
+            # but are part of the model that serves: new users' and items'
+            # text goes through them. Counted apart, so "MF has x% of the
+            # teacher's parameters" compares trained with trained.
             _, bert_params, _ = bert_lib.load_pretrained(cfg.bert_path or None,
                                                          with_tokenizer=False)
             trained = recipes.num_params(params.get("text", {}))
-            info["num_params"] += recipes.num_params(bert_params) - trained
+            info["num_params_frozen"] = recipes.num_params(bert_params) - trained
         info["score_ms_bert_user_text"] = bert_user_text_ms(config, data.dataset)
         info["score_ms_per_user"] += info["score_ms_bert_user_text"]
-    if name != "teacher" or jax.process_index() != 0:
+    if jax.process_index() != 0:
         return
     t = time.time()
     arrays = artifacts_lib.compute(spec.module, params, side, data, spec.make_query,
                                    cfg.artifact_topk)
-    artifacts_lib.save(os.path.join(folder, "artifacts.npz"), arrays, config)
+    artifacts_lib.save(os.path.join(folder, "artifacts.npz"), arrays, config, name)
     with open(os.path.join(folder, "params.msgpack"), "wb") as f:
         f.write(flax.serialization.msgpack_serialize(jax.device_get(params)))
     users = Evaluator(data, "test").users
@@ -255,50 +299,53 @@ def _finish_teacher(name, spec, cfg, params, side, data, config, folder, result)
 def model_folder(name: str, config, workdir: str) -> str:
     """Where a model's outputs live: <workdir>/<name>, except a shared teacher.
 
-    With config.teacher.cache_dir set, the teacher lives in
-    <cache_dir>/<fingerprint>/teacher and is trained once for every run with
-    the same teacher config, data and split (grids over student settings).
-    Training is deterministic, so reusing it equals retraining it.
+    With config.teacher.cache_dir set, the teacher (and its _textonly /
+    _notext controls) lives in <cache_dir>/<fingerprint>/<name> and is trained
+    once for every run with the same teacher config, data and split (grids
+    over student settings). Training is deterministic, so reusing it equals
+    retraining it.
     """
-    if name == "teacher" and config.teacher.cache_dir:
+    if config.teacher.cache_dir and ModelName.parse(name).is_teacher:
         root = os.path.join(os.path.expanduser(config.teacher.cache_dir),
                             artifacts_lib.fingerprint(config))
-        return os.path.join(root, "teacher")
+        return os.path.join(root, name)
     return os.path.join(workdir, name)
 
 
-def teacher_arrays(config, workdir: str) -> dict:
-    """The teacher's artifacts (for transfer and fusion, whatever the KD mode)."""
+def teacher_arrays(config, workdir: str, source: str = "teacher") -> dict:
+    """A KD source's artifacts (for KD, transfer and fusion, whatever the KD mode)."""
     return artifacts_lib.load(
-        os.path.join(model_folder("teacher", config, workdir), "artifacts.npz"), config)
+        os.path.join(model_folder(source, config, workdir), "artifacts.npz"), config, source)
 
 
-def teacher_params(config, workdir: str) -> dict:
-    """The trained teacher's params (online KD, shared text projection)."""
-    folder = model_folder("teacher", config, workdir)
+def teacher_params(config, workdir: str, source: str = "teacher") -> dict:
+    """A trained teacher's params (online KD, shared text projection)."""
+    if not ModelName.parse(source).is_teacher:
+        raise errors.ConfigError(f"{source!r} can be distilled from its artifacts only "
+                                 "(config.distill.teacher_mode='cached', no transfer.share)")
+    folder = model_folder(source, config, workdir)
     path = os.path.join(folder, "params.msgpack")
     if not os.path.exists(path):
         raise errors.MissingInputError(
             f"teacher params not found: {path}. Run the teacher stage first "
             "(--stage=teacher, or --stage=all) in the same workdir.")
     # The fingerprint check guards the params too (same teacher, same split).
-    artifacts_lib.load(os.path.join(folder, "artifacts.npz"), config)
+    artifacts_lib.load(os.path.join(folder, "artifacts.npz"), config, source)
     with open(path, "rb") as f:
         return flax.serialization.msgpack_restore(f.read())
 
 
-def teacher_bundle(config, data, workdir: str) -> kd_lib.TeacherBundle:
-    """The teacher as students reach it: artifacts (cached) or params (online)."""
-    folder = model_folder("teacher", config, workdir)
+def teacher_bundle(config, data, workdir: str, source: str = "teacher") -> kd_lib.TeacherBundle:
+    """A KD source as students reach it: artifacts (cached) or params (online)."""
     cfg = config.teacher
     mode = config.distill.teacher_mode
     history_len = recipes.teacher_history_len(cfg, data)
     if mode == "cached":
-        arrays = artifacts_lib.load(os.path.join(folder, "artifacts.npz"), config)
+        arrays = teacher_arrays(config, workdir, source)
         return kd_lib.TeacherBundle(mode, int(arrays["item_vec"].shape[1]), history_len,
                                     float(arrays["temperature"]), artifacts=arrays)
-    params = teacher_params(config, workdir)
-    module = recipes.teacher_module(cfg, data, dtype=jax.numpy.dtype(config.dtype))
+    params = teacher_params(config, workdir, source)
+    module = recipes.teacher_module(cfg, data, source, dtype=jax.numpy.dtype(config.dtype))
     return kd_lib.TeacherBundle(mode, cfg.dim, history_len, cfg.temperature, module=module,
                                 params=params)
 
@@ -308,8 +355,13 @@ def teacher_bundle(config, data, workdir: str) -> kd_lib.TeacherBundle:
 # ---------------------------------------------------------------------------
 
 
-def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
-    """Trains (or reuses) one model and returns its results entry."""
+def run_model(name: str, config, data, side, workdir: str, bundle_fn,
+              is_source: bool = False) -> dict:
+    """Trains (or reuses) one model and returns its results entry.
+
+    bundle_fn(source) -> the TeacherBundle of a KD source; is_source: a
+    student that others distil from (`@sasrec`) writes artifacts too.
+    """
     folder = model_folder(name, config, workdir)
     os.makedirs(folder, exist_ok=True)
     results_path = os.path.join(folder, "results.json")
@@ -327,11 +379,16 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
                                                           {"user": one_user}, side)}
         _write_json(results_path, result)
         return result
+    if name == "ease":
+        result = _fit_ease(config, data, side, folder)
+        _write_json(results_path, result)
+        return result
 
     parsed = ModelName.parse(name)
-    teacher = recipes.TeacherAccess(arrays=lambda: teacher_arrays(config, workdir),
-                                    params=lambda: teacher_params(config, workdir),
-                                    bundle=bundle_fn)
+    source = parsed.source
+    teacher = recipes.TeacherAccess(arrays=lambda: teacher_arrays(config, workdir, source),
+                                    params=lambda: teacher_params(config, workdir, source),
+                                    bundle=lambda: bundle_fn(source))
     spec, side = recipes.build(parsed, config, data, side, teacher)
     cfg = recipes.model_config(config, parsed)
     # Mesh mode covers the students (their item tables shard by rows); the
@@ -348,6 +405,15 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
     train_seconds = time.time() - t0
     result = evaluate_model(name, spec.score_fn, spec.make_query, fitted.params, side, data,
                             config, folder, spec.ctr_logit_fn, spec, layout)
+    if parsed.family in ("teacher", "sasrec"):
+        # These two read the user's history at test time, validation item
+        # included (MF and DeepFM cannot). The same model with the training
+        # history only shows how much of its lead that one item is.
+        def train_history(users, part):
+            return spec.make_query(users, "valid" if part == "test" else part)
+        ev = make_evaluator(data, "test", config, spec, layout)
+        result["test_train_history"], _ = ev.evaluate(spec.score_fn, fitted.params, side,
+                                                      train_history, keep_recs=False)
     serving_params = fitted.params["student"] if parsed.kd else fitted.params
     result["info"] = {
         "num_params": recipes.num_params(serving_params),
@@ -363,6 +429,10 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn) -> dict:
     if parsed.is_teacher:
         _finish_teacher(name, spec, cfg, fitted.params, side, data, config, folder, result)
     else:
+        if is_source and jax.process_index() == 0:
+            arrays = artifacts_lib.compute_from_towers(spec, fitted.params, side, data,
+                                                       config.teacher.artifact_topk)
+            artifacts_lib.save(os.path.join(folder, "artifacts.npz"), arrays, config, name)
         logits_path = os.path.join(model_folder("teacher", config, workdir), "test_logits.npz")
         if os.path.exists(logits_path):
             with np.load(logits_path) as f:
@@ -395,16 +465,17 @@ def _folder_lock(folder: str):
 
 
 def model_names(config) -> list[str]:
-    """The run's models: config.models, else teacher + students x variants."""
+    """The run's models: config.models, else baselines + teacher + students x variants."""
     if config.models.strip():
         names = [m.strip() for m in config.models.split(",") if m.strip()]
         key = f"config.models={config.models!r}"
     else:
-        names = ["teacher"]
+        names = [b.strip() for b in config.baselines.split(",") if b.strip()] + ["teacher"]
         for student in (s.strip() for s in config.students.split(",") if s.strip()):
             for variant in (v.strip() for v in config.variants.split(",") if v.strip()):
                 names.append(student if variant == "plain" else f"{student}_{variant}")
-        key = f"config.students={config.students!r}, config.variants={config.variants!r}"
+        key = (f"config.baselines={config.baselines!r}, config.students={config.students!r}, "
+               f"config.variants={config.variants!r}")
     for name in names:
         try:
             ModelName.parse(name)
@@ -435,17 +506,19 @@ def run(config, workdir: str, stage: str = "all") -> dict:
             if os.path.exists(path):
                 os.remove(path)
     side = build_side(config, data, selected)
-    bundle = []
+    bundles = {}
 
-    def bundle_fn():  # Loaded once, on the first student that needs it.
-        if not bundle:
-            bundle.append(teacher_bundle(config, data, workdir))
-        return bundle[0]
+    def bundle_fn(source):  # Loaded once, on the first student that needs it.
+        if source not in bundles:
+            bundles[source] = teacher_bundle(config, data, workdir, source)
+        return bundles[source]
 
+    sources = {ModelName.parse(n).source for n in selected if needs_teacher(n, config)}
     results = report.read_results(workdir)
     for name in selected:
         with _folder_lock(model_folder(name, config, workdir)):
-            results[name] = run_model(name, config, data, side, workdir, bundle_fn)
+            results[name] = run_model(name, config, data, side, workdir, bundle_fn,
+                                      is_source=name in sources)
         _write_json(os.path.join(workdir, "results.json"), results)
     header = (f"# {os.path.basename(os.path.abspath(workdir))}\n\n"
               f"Data {data.dataset.name}, split `{config.data.split}`, seed {config.seed}; "
@@ -453,9 +526,9 @@ def run(config, workdir: str, stage: str = "all") -> dict:
               f"machine: {machine_description()}.")
     shown = {k: results[k] for k in names if k in results}
     fractions = [float(f) for f in config.label_fractions.split(",") if f.strip()]
-    extra = ""
+    extra = report.paired_table({n: model_folder(n, config, workdir) for n in shown}, shown)
     if fractions:
-        extra = "\n" + _label_fraction_sweep(config, workdir, stage, names, shown, fractions)
+        extra += "\n" + _label_fraction_sweep(config, workdir, stage, names, shown, fractions)
     if jax.process_index() == 0:
         report.write_report(workdir, shown, header, extra)
         if all(n in results for n in names):

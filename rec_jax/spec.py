@@ -15,7 +15,11 @@ from typing import Any, Callable
 import jax.numpy as jnp
 
 FAMILIES = ("mf", "sasrec", "deepfm", "teacher")
-VARIANTS = ("kd", "transfer", "fusion", "textonly")
+VARIANTS = ("kd", "transfer", "fusion", "textonly", "notext")
+BASELINES = ("pop", "ease")  # fitted without gradient steps
+# Models a `_kd` student may distil from (`mf_kd@sasrec`): the teacher's
+# variants, and plain SASRec as a teacher that knows no language.
+KD_SOURCES = ("teacher", "teacher_textonly", "teacher_notext", "sasrec")
 
 # (params, batch, side, frozen, rng) -> (loss, sums): the pure objective of one step.
 LossFn = Callable[..., tuple[Any, dict]]
@@ -25,14 +29,21 @@ QueryFn = Callable[..., dict]
 
 @dataclasses.dataclass(frozen=True)
 class ModelName:
-    """A model name parsed once: ``<family>[_kd][_transfer][_fusion]`` or
-    ``teacher[_textonly]``; ``pop`` is the popularity baseline.
+    """A model name parsed once.
+
+    ``<family>[_kd][_transfer][_fusion][@<source>]`` for students,
+    ``teacher[_textonly|_notext]`` for the teacher and its controls, ``pop``
+    and ``ease`` for the baselines. ``@<source>`` names the model a student
+    distils from (and takes transfer / fusion vectors from); default the
+    teacher: ``mf_kd@teacher_notext`` distils from the teacher without text.
 
     Attributes:
       name: the name as written (the output folder and results key).
-      family: "mf", "sasrec", "deepfm", "teacher" or "pop".
+      family: "mf", "sasrec", "deepfm", "teacher", "pop" or "ease".
       kd, transfer, fusion: the student variants it asks for.
-      textonly: the teacher without ID embeddings.
+      textonly: the teacher without ID embeddings; notext: without item and
+        profile text (IDs and history only).
+      source: the model a `_kd` / `_transfer` / `_fusion` student learns from.
     """
 
     name: str
@@ -41,19 +52,34 @@ class ModelName:
     transfer: bool = False
     fusion: bool = False
     textonly: bool = False
+    notext: bool = False
+    source: str = "teacher"
 
     @classmethod
     def parse(cls, name: str) -> "ModelName":
-        family, *variants = name.split("_")
-        if name == "pop":
-            return cls(name, "pop")
+        if name in BASELINES:
+            return cls(name, name)
+        base, at, source = name.partition("@")
+        family, *variants = base.split("_")
         if family not in FAMILIES:
-            raise ValueError(f"unknown model {name!r}; known: {sorted(FAMILIES)} and 'pop'")
+            raise ValueError(f"unknown model {name!r}; known: {sorted(FAMILIES)} and "
+                             f"{list(BASELINES)}")
         unknown = sorted(set(variants) - set(VARIANTS))
         if unknown:
             raise ValueError(f"model {name!r}: unknown variant(s) {unknown}; names are "
-                             "<model>[_kd][_transfer][_fusion] (teacher[_textonly])")
-        return cls(name, family, *(v in variants for v in VARIANTS))
+                             "<model>[_kd][_transfer][_fusion][@source] "
+                             "(teacher[_textonly|_notext])")
+        flags = {v: v in variants for v in VARIANTS}
+        if family == "teacher" and (flags["kd"] or flags["transfer"] or flags["fusion"] or at):
+            raise ValueError(f"model {name!r}: the teacher takes only _textonly or _notext")
+        if family != "teacher" and (flags["textonly"] or flags["notext"]):
+            raise ValueError(f"model {name!r}: _textonly and _notext are teacher variants")
+        if at and source not in KD_SOURCES:
+            raise ValueError(f"model {name!r}: can learn from {list(KD_SOURCES)}, "
+                             f"not {source!r}")
+        if at and not (flags["kd"] or flags["transfer"] or flags["fusion"]):
+            raise ValueError(f"model {name!r}: @{source} needs _kd, _transfer or _fusion")
+        return cls(name, family, **flags, source=source or "teacher")
 
     @property
     def is_teacher(self) -> bool:
@@ -91,7 +117,7 @@ class TeacherView:
       user_vec: [B, dt]; item_vec: [I, dt]; item_bias: [I].
       temperature: the teacher's own logit temperature.
       topk_items, topk_scores: [B, K] its top K (training items excluded; -1 pads).
-      genre_prob: [I, G] its genre probabilities.
+      genre_prob: [I, G] its genre probabilities, or None (a teacher without a genre head).
       ctr_prob: [B] its CTR probabilities of the batch pairs, or None.
     """
 
@@ -101,7 +127,7 @@ class TeacherView:
     temperature: float
     topk_items: jnp.ndarray
     topk_scores: jnp.ndarray
-    genre_prob: jnp.ndarray
+    genre_prob: jnp.ndarray | None
     ctr_prob: jnp.ndarray | None
 
     def logits_full(self):

@@ -209,6 +209,14 @@ def test_topk_beyond_artifacts_is_refused(setup):
     _spec(setup, "mf", "cached", config)
 
 
+def dict_with(config, **values):
+    """A copy of config with top-level values replaced."""
+    out = copy.deepcopy(config)
+    for key, value in values.items():
+        out[key] = value
+    return out
+
+
 def test_artifacts_from_another_split_or_seed_are_refused(setup, tmp_path):
     config = setup["config"]
     path = str(tmp_path / "artifacts.npz")
@@ -222,9 +230,15 @@ def test_artifacts_from_another_split_or_seed_are_refused(setup, tmp_path):
         (other[section] if section else other)[name] = value
         with pytest.raises(ValueError, match="another config, data split or seed"):
             artifacts_lib.load(path, other)
-    # `loo_time` is the same split for every seed: one teacher serves all seeds there.
+    # `loo_time` with ties ordered by a seeded permutation is another split per seed.
     loo = copy.deepcopy(config)
     loo.data.split = "loo_time"
+    artifacts_lib.save(path, setup["arrays"], loo)
+    with pytest.raises(ValueError, match="another config, data split or seed"):
+        artifacts_lib.load(path, dict_with(loo, seed=1))
+    # With the old item-id tie order it is the same split for every seed: one
+    # teacher serves all seeds there.
+    loo.data.tie_order = "item_id"
     artifacts_lib.save(path, setup["arrays"], loo)
     loo.seed = 1
     artifacts_lib.load(path, loo)
@@ -233,3 +247,34 @@ def test_artifacts_from_another_split_or_seed_are_refused(setup, tmp_path):
         artifacts_lib.load(path, loo)
     with pytest.raises(FileNotFoundError, match="Run the teacher stage first"):
         artifacts_lib.load(str(tmp_path / "missing.npz"), config)
+
+
+def test_a_student_as_teacher_without_genre_or_ctr_heads(setup):
+    """`<student>_kd@sasrec`: a SASRec's towers make the artifacts (top K over
+    the catalogue, training items excluded); with no genre or CTR head those
+    arrays are absent and the aux term reads nothing from them."""
+    config, data, side = setup["config"], setup["data"], setup["side"]
+    source = recipes.model_spec("sasrec", config, data, side)
+    params = jax.jit(source.init)(jax.random.PRNGKey(0))
+    arrays = artifacts_lib.compute_from_towers(source, params, side, data, ARTIFACT_TOPK)
+    assert "genre_prob" not in arrays and "ctr_prob" not in arrays
+    assert arrays["item_vec"].shape == (data.num_items, config.model.sasrec.embed_dim)
+    train = data.train.dense(np.arange(data.num_users))
+    assert not np.take_along_axis(train, arrays["topk_items"].astype(int), axis=1).any()
+    # The artifacts' top-K scores are the towers' own dot products.
+    users = np.arange(4, dtype=np.int32)
+    scores = np.asarray(source.score_fn(params, source.make_query(users, "valid"), side))
+    np.testing.assert_allclose(
+        np.take_along_axis(scores, arrays["topk_items"][:4].astype(int), axis=1),
+        arrays["topk_scores"][:4], rtol=1e-4, atol=1e-4)
+    bundle = kd.TeacherBundle("cached", arrays["item_vec"].shape[1], 10, 1.0, artifacts=arrays)
+    for family in ("mf", "deepfm"):  # deepfm: a CTR student whose batch has rows
+        student = recipes.model_spec(f"{family}_kd", config, data, side)
+        spec, kside = kd.kd_spec(student, bundle, config, data, side)
+        assert "genre_prob" not in kside["teacher"]
+        batch = _batch(spec)
+        assert "t_ctr_prob" not in batch
+        loss, sums = spec.loss_fn(jax.jit(spec.init)(jax.random.PRNGKey(1)), batch, kside, None,
+                                  jax.random.PRNGKey(2))
+        assert np.isfinite(float(loss))
+        assert float(sums["aux_loss"]) == 0.0  # nothing to distil into the aux heads

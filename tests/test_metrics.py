@@ -238,3 +238,25 @@ def test_ndcg_recomputed_from_csvs_on_ml100k(ml100k_ratio, tmp_path):
     known = data.known_items("test")
     for u, items in zip(recs["user"][:100], recs["items"][:100]):
         assert not set(items) & set(known.row(u))
+
+
+def test_evaluator_strict_segment_and_per_user_values(tmp_path):
+    data = tiny_split_data()
+    # Rows: 7 train, valid (0,2)=7, (1,3)=8, test (0,3)=9, (0,5)=10, (1,1)=11, (1,6)=12,
+    # (2,4)=13, at timestamps 0..13. User 1's test item 1 now shares its validation
+    # item's timestamp, so only user 0 is strictly later (user 2 has no valid item).
+    data.dataset.timestamp[11] = data.dataset.timestamp[8]
+    ev, r, recs = _evaluate(data, "test")
+    u0, u1, u2 = (1 + 1 / L2(4)) / C3, 1 / C3, 0.0
+    assert r["strict/users"] == 1
+    assert r["strict/ndcg@3"] == pytest.approx(u0, abs=1e-6)
+    assert r["strict/recall@1"] == pytest.approx(0.5)
+    np.testing.assert_allclose(recs["per_user"]["ndcg@3"], [u0, u1, u2], atol=1e-6)
+    assert np.mean(recs["per_user"]["ndcg@3"]) == pytest.approx(r["ndcg@3"], abs=1e-6)
+    ev.write_recs(recs, str(tmp_path))
+    with np.load(tmp_path / "per_user_test.npz") as f:
+        assert list(f["user_id"]) == ["42", "17", "99"]
+        np.testing.assert_allclose(f["recall@3"], [1.0, 0.5, 0.0])
+    # Validation has no strict segment (it is defined against the test items).
+    _, valid, _ = _evaluate(tiny_split_data(), "valid")
+    assert not any(k.startswith("strict") for k in valid)

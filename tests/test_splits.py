@@ -52,14 +52,89 @@ def test_loo_time_holds_out_each_users_latest(ml100k, made):
     test_time = np.zeros(d.num_users, np.int64)
     test_time[d.user[s.test]] = d.timestamp[s.test]
     assert np.all(latest_train <= valid_time) and np.all(valid_time <= test_time)
-    # Ties in time follow the canonical row order: test is the user's last row
-    # and valid the one before it.
+    # The split's time order says which of several same-time rows is latest.
+    rank_of = s.time_rank
+    last = np.full(d.num_users, -1, np.int64)
+    np.maximum.at(last, d.user, rank_of)
+    np.testing.assert_array_equal(np.sort(rank_of[s.test]), np.sort(last))
+    # Deterministic for a seed.
+    np.testing.assert_array_equal(splits.make_split(d, "loo_time", seed=0).test, s.test)
+
+
+def test_loo_time_item_id_ties_reproduce_the_old_split(ml100k, made):
+    """tie_order="item_id" is the order rows are stored in (user, time, item):
+    test is each user's last row and valid the one before, for every seed."""
+    d = ml100k
+    s = made("loo_time", tie_order="item_id")
     last_row = np.zeros(d.num_users, np.int64)
     np.maximum.at(last_row, d.user, np.arange(d.num_interactions))
     np.testing.assert_array_equal(np.sort(s.test), np.sort(last_row))
     np.testing.assert_array_equal(np.sort(s.valid), np.sort(last_row - 1))
-    # Deterministic: no seed involved.
-    np.testing.assert_array_equal(splits.make_split(d, "loo_time", seed=5).test, s.test)
+    np.testing.assert_array_equal(
+        splits.make_split(d, "loo_time", seed=5, tie_order="item_id").test, s.test)
+
+
+def _tied_dataset(num_users=400, seed=0):
+    """Each user rates 6 items at distinct times, then 2 items in the same second."""
+    from rec_jax.data.dataset import Dataset
+    rng = np.random.default_rng(seed)
+    users, items, times = [], [], []
+    for u in range(num_users):
+        chosen = rng.choice(50, 8, replace=False)
+        users += [u] * 8
+        items += chosen.tolist()
+        times += [10, 20, 30, 40, 50, 60, 70, 70]
+    n = len(users)
+    order = np.lexsort((items, times, users))  # stored as the real data: (user, time, item)
+    return Dataset(
+        name="ties", user=np.array(users, np.int32)[order], item=np.array(items, np.int32)[order],
+        rating=np.full(n, 4.0, np.float32), timestamp=np.array(times, np.int64)[order],
+        user_ids=np.arange(num_users).astype(str), item_ids=np.arange(50).astype(str),
+        item_title=np.array([f"t{i}" for i in range(50)]), item_year=np.zeros(50, np.int32),
+        item_genres=np.zeros((50, 19), bool), user_age=np.zeros(num_users, np.int32),
+        user_gender=np.array(["M"] * num_users), user_occupation=np.array(["x"] * num_users),
+        user_zip=np.array(["0"] * num_users))
+
+
+def test_tied_holdouts_are_not_chosen_by_item_id():
+    """With two same-time last ratings, the old order made test the higher ID
+    every time; the seeded order picks either, about half the time each, and
+    the training sequences, valid and test all follow that one order."""
+    from rec_jax.data import interactions
+    d = _tied_dataset()
+    old = splits.make_split(d, "loo_time", 0, tie_order="item_id")
+    assert np.all(d.item[old.test] > d.item[old.valid])
+    new = splits.make_split(d, "loo_time", 0)
+    higher = np.mean(d.item[new.test] > d.item[new.valid])
+    assert 0.4 < higher < 0.6
+    # Another seed, another tie order; the same seed, the same one.
+    other = splits.make_split(d, "loo_time", 1)
+    assert not np.array_equal(np.sort(other.test), np.sort(new.test))
+    np.testing.assert_array_equal(splits.make_split(d, "loo_time", 0).test, new.test)
+    # A user's training history ends before valid, which comes before test, in
+    # the split's own order.
+    data = interactions.build(d, new)
+    rank_of = {(int(d.user[r]), int(d.item[r])): new.time_rank[r] for r in range(len(d.user))}
+    for u in range(d.num_users):
+        history = data.history(u, include_valid=True)
+        ranks = [rank_of[(u, int(i))] for i in history]
+        assert ranks == sorted(ranks)
+        assert rank_of[(u, int(data.test.row(u)[0]))] > ranks[-1]
+
+
+def test_ratio_histories_break_ties_by_the_seeded_order_too(ml100k, made):
+    from rec_jax.data import interactions
+    s = made("ratio")
+    data = interactions.build(ml100k, s)
+    rows = data.train.rows
+    for u in range(0, ml100k.num_users, 50):
+        lo, hi = data.train.indptr[u], data.train.indptr[u + 1]
+        assert np.all(np.diff(s.time_rank[rows[lo:hi]]) > 0)
+
+
+def test_unknown_tie_order_is_refused(ml100k):
+    with pytest.raises(ValueError, match="config.data.tie_order"):
+        splits.make_split(ml100k, "loo_time", 0, tie_order="by_title")
 
 
 def test_ratio_is_8_1_1_per_user_and_seeded(ml100k, made):

@@ -143,9 +143,13 @@ def build(dataset: Dataset, split: Split, head_share: float = 0.2) -> SplitData:
     """Builds the per-user views of a split."""
     d = dataset
 
+    # Histories follow the split's time order (ties broken as the split says,
+    # the same order that chose its loo_time hold-outs).
+    time_key = d.timestamp if split.time_rank is None else split.time_rank
+
     def csr(rows, by_time):
         return CSR.from_rows(d.user[rows], d.item[rows], d.num_users, d.num_items,
-                             sort_key=d.timestamp[rows] if by_time else None,
+                             sort_key=time_key[rows] if by_time else None,
                              values=d.rating[rows], rows=rows)
 
     train = csr(split.train, by_time=True)

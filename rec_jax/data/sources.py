@@ -259,6 +259,6 @@ class KDSource:
             batch["t_user_vec"] = a["user_vec"][users]
             batch["t_topk_items"] = a["topk_items"][users, :self.topk]
             batch["t_topk_scores"] = a["topk_scores"][users, :self.topk]
-            if "row" in batch:
+            if "row" in batch and "ctr_prob" in a:
                 batch["t_ctr_prob"] = a["ctr_prob"][batch["row"]]
         return batch

@@ -84,9 +84,13 @@ def emb_term(user_proj: jnp.ndarray, item_proj: jnp.ndarray, teacher: TeacherVie
 
 
 def aux_term(genre_logits: jnp.ndarray, view: StudentView, teacher: TeacherView) -> jnp.ndarray:
-    """Auxiliary tasks from the teacher's soft labels: genres, and CTR for CTR students."""
-    target = teacher.genre_prob if view.item_ids is None else teacher.genre_prob[view.item_ids]
-    aux = objectives.bce_loss(genre_logits, target)
+    """Auxiliary tasks from the teacher's soft labels: genres, and CTR for CTR
+    students (each only where the teacher has that head)."""
+    aux = jnp.zeros((), jnp.float32)
+    if teacher.genre_prob is not None:
+        target = (teacher.genre_prob if view.item_ids is None
+                  else teacher.genre_prob[view.item_ids])
+        aux = aux + objectives.bce_loss(genre_logits, target)
     if view.ctr_logit is not None and teacher.ctr_prob is not None:
         aux = aux + objectives.bce_loss(view.ctr_logit, teacher.ctr_prob)
     return aux

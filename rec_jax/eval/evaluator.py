@@ -58,6 +58,11 @@ class Evaluator:
         self.segments = {"head": data.head_items, "tail": ~data.head_items}
         if data.cold_items.any():
             self.segments["cold"] = data.cold_items
+        # A user segment (item segments above): users whose test items all come
+        # strictly later in time than their validation items. On `loo_time` the
+        # rest are users whose last two ratings share a timestamp, where which
+        # one is "test" is decided by the split's tie order, not by the data.
+        self.strict_users = strictly_later_users(data) if part == "test" else None
         self.num_recs = num_recs
 
     def batches(self):
@@ -95,13 +100,25 @@ class Evaluator:
         """Runs rank_batch(users, mask) -> (sums, top_items, top_scores) over every
         batch of users; returns the finalized metrics and (optionally) the recs."""
         totals: dict[str, float] = {}
-        rec_users, rec_items, rec_scores = [], [], []
+        rec_users, rec_items, rec_scores, per_user = [], [], [], []
         for users, mask in self.batches():
             sums, top_items, top_scores = rank_batch(users, mask)
             for k, v in jax.device_get(sums).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
+            n = int(mask.sum())
+            if keep_recs or self.strict_users is not None:
+                # Per-user values, on the host from the top-K (the final
+                # evaluation only): for paired tests and the strict segment.
+                values = self._per_user(np.asarray(top_items)[:n], users[:n])
+                per_user.append(values)
+                if self.strict_users is not None:
+                    names = self._metric_names()
+                    weight = self.strict_users[users[:n]] & ~np.isnan(values[names[0]])
+                    totals["strict/users"] = totals.get("strict/users", 0.0) + weight.sum()
+                    for k in names:
+                        v = np.nan_to_num(values[k])
+                        totals[f"strict/{k}"] = totals.get(f"strict/{k}", 0.0) + (v * weight).sum()
             if keep_recs:
-                n = int(mask.sum())
                 rec_users.append(users[:n])
                 rec_items.append(np.asarray(top_items)[:n, :self.num_recs])
                 rec_scores.append(np.asarray(top_scores)[:n, :self.num_recs])
@@ -109,13 +126,36 @@ class Evaluator:
         recs = None
         if keep_recs and rec_users:
             recs = {"user": np.concatenate(rec_users), "items": np.concatenate(rec_items),
-                    "scores": np.concatenate(rec_scores)}
+                    "scores": np.concatenate(rec_scores),
+                    "per_user": {k: np.concatenate([v[k] for v in per_user])
+                                 for k in per_user[0]}}
         return result, recs
 
+    def _metric_names(self) -> list[str]:
+        return [f"{m}@{k}" for k in self.ks for m in metrics_lib.RANKING_METRICS]
+
+    def _per_user(self, top_items: np.ndarray, users: np.ndarray) -> dict[str, np.ndarray]:
+        """{"ndcg@10": [n], ..., "tail/ndcg@10": [n], ...}: NaN where a user has no
+        held-out item (in the segment)."""
+        truth = self.truth.dense(users)
+        out = {}
+        for prefix, seg in [("", None), *self.segments.items()]:
+            relevant = truth if seg is None else truth & seg[None]
+            values, counted = metrics_lib.per_user(top_items, relevant, self.ks)
+            counted = np.asarray(counted)
+            for k, v in values.items():
+                out[prefix + ("/" if prefix else "") + k] = np.where(counted, np.asarray(v),
+                                                                     np.nan)
+        return out
+
     def write_recs(self, recs: dict[str, np.ndarray], folder: str) -> None:
-        """Writes recs_<part>.csv (original ids, top num_recs) and truth_<part>.csv."""
+        """Writes recs_<part>.csv (original ids, top num_recs), truth_<part>.csv and
+        per_user_<part>.npz (original user ids, each ranking metric per user)."""
         d = self.data.dataset
         os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"per_user_{self.part}.npz")
+        np.savez(path + ".tmp.npz", user_id=d.user_ids[recs["user"]], **recs["per_user"])
+        os.replace(path + ".tmp.npz", path)
         path = os.path.join(folder, f"recs_{self.part}.csv")
         with open(path + ".tmp", "w", newline="") as f:
             w = csv.writer(f)
@@ -154,6 +194,23 @@ def _ranker(score_fn, ks, max_k, segment_names, with_cold_only):
         return sums, top_items, top_scores
 
     return rank
+
+
+def strictly_later_users(data: SplitData) -> np.ndarray:
+    """[num_users] bool: users with valid and test items whose every test
+    interaction is strictly later (in timestamp) than every validation one."""
+    d, split = data.dataset, data.split
+    last_valid = np.full(d.num_users, np.iinfo(np.int64).max)
+    has_valid = np.zeros(d.num_users, np.bool_)
+    has_valid[d.user[split.valid]] = True
+    last_valid[has_valid] = np.iinfo(np.int64).min
+    np.maximum.at(last_valid, d.user[split.valid], d.timestamp[split.valid])
+    first_test = np.full(d.num_users, np.iinfo(np.int64).min)
+    has_test = np.zeros(d.num_users, np.bool_)
+    has_test[d.user[split.test]] = True
+    first_test[has_test] = np.iinfo(np.int64).max
+    np.minimum.at(first_test, d.user[split.test], d.timestamp[split.test])
+    return has_valid & has_test & (first_test > last_valid)
 
 
 def _finalize_segments(totals: dict[str, float]) -> dict[str, float]:

@@ -19,6 +19,38 @@ import numpy as np
 RANKING_METRICS = ("recall", "ndcg", "hr", "mrr")
 
 
+def per_user(top_items: jnp.ndarray, truth: jnp.ndarray, ks: tuple[int, ...]
+             ) -> tuple[dict[str, jnp.ndarray], jnp.ndarray]:
+    """Per-user ranking metrics (the values paired tests compare user by user).
+
+    Args:
+      top_items: [batch, max_k] item ids, best first.
+      truth: [batch, num_items] bool, the relevant items of each user.
+      ks: cut-offs, each <= max_k.
+
+    Returns:
+      ({"recall@k": [batch], "ndcg@k": [batch], "hr@k": [batch], "mrr@k": [batch], ...},
+       [batch] bool: users with at least one relevant item).
+    """
+    hits = jnp.take_along_axis(truth, top_items, axis=1).astype(jnp.float32)
+    num_relevant = truth.sum(axis=1)
+    max_k = top_items.shape[1]
+    # Position j (0-based) is discounted by 1/log2(j + 2).
+    discount = 1.0 / jnp.log2(jnp.arange(max_k, dtype=jnp.float32) + 2.0)
+    ideal_dcg = jnp.concatenate([jnp.zeros(1), jnp.cumsum(discount)])
+    out = {}
+    for k in ks:
+        h = hits[:, :k]
+        num_hits = h.sum(axis=1)
+        out[f"recall@{k}"] = num_hits / jnp.maximum(num_relevant, 1)
+        dcg = (h * discount[:k]).sum(axis=1)
+        out[f"ndcg@{k}"] = dcg / ideal_dcg[jnp.minimum(num_relevant, k)].clip(min=1e-12)
+        out[f"hr@{k}"] = (num_hits > 0).astype(jnp.float32)
+        # The first hit has the largest h_j / (j + 1) among hits.
+        out[f"mrr@{k}"] = (h / jnp.arange(1, k + 1, dtype=jnp.float32)).max(axis=1)
+    return out, num_relevant > 0
+
+
 def ranking_sums(top_items: jnp.ndarray, truth: jnp.ndarray, ks: tuple[int, ...],
                  user_mask: jnp.ndarray | None = None) -> dict[str, jnp.ndarray]:
     """Sums of per-user ranking metrics.
@@ -33,28 +65,14 @@ def ranking_sums(top_items: jnp.ndarray, truth: jnp.ndarray, ks: tuple[int, ...]
       {"recall@k": sum, "ndcg@k": sum, "hr@k": sum, "mrr@k": sum, ..., "users": count}
       over users with at least one relevant item.
     """
-    hits = jnp.take_along_axis(truth, top_items, axis=1).astype(jnp.float32)
-    num_relevant = truth.sum(axis=1)
-    counted = num_relevant > 0
+    values, counted = per_user(top_items, truth, ks)
     if user_mask is not None:
         counted = counted & user_mask
     weight = counted.astype(jnp.float32)
-    max_k = top_items.shape[1]
-    # Position j (0-based) is discounted by 1/log2(j + 2).
-    discount = 1.0 / jnp.log2(jnp.arange(max_k, dtype=jnp.float32) + 2.0)
-    ideal_dcg = jnp.concatenate([jnp.zeros(1), jnp.cumsum(discount)])
     out = {"users": weight.sum()}
     for k in ks:
-        h = hits[:, :k]
-        num_hits = h.sum(axis=1)
-        recall = num_hits / jnp.maximum(num_relevant, 1)
-        dcg = (h * discount[:k]).sum(axis=1)
-        ndcg = dcg / ideal_dcg[jnp.minimum(num_relevant, k)].clip(min=1e-12)
-        hr = (num_hits > 0).astype(jnp.float32)
-        # The first hit has the largest h_j / (j + 1) among hits.
-        mrr = (h / jnp.arange(1, k + 1, dtype=jnp.float32)).max(axis=1)
-        for name, value in (("recall", recall), ("ndcg", ndcg), ("hr", hr), ("mrr", mrr)):
-            out[f"{name}@{k}"] = (value * weight).sum()
+        for name in RANKING_METRICS:
+            out[f"{name}@{k}"] = (values[f"{name}@{k}"] * weight).sum()
     return out
 
 

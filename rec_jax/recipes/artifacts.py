@@ -32,26 +32,35 @@ import numpy as np
 from rec_jax import errors
 from rec_jax.data.interactions import SplitData
 from rec_jax.models.teacher import Teacher
+from rec_jax.spec import ModelName
 
 VERSION = 1
 
 
-def fingerprint(config) -> str:
+def fingerprint(config, source: str = "teacher") -> str:
     """Hash of everything that determines the teacher and the split it saw.
 
-    The seed enters only when the split depends on it (ratio, cold_items,
-    train_fraction < 1): `loo_time` is the same split for every seed, so one
-    teacher serves students of every seed there.
+    The seed enters when the split depends on it: ratio, cold_items,
+    train_fraction < 1, and loo_time with its ties in a seeded random order
+    (the default). Only `loo_time` with `tie_order="item_id"` (the old order)
+    is the same split for every seed, so one teacher serves every seed there.
     """
     d = config.data
-    teacher = config.teacher.to_dict()
-    teacher.pop("cache_dir", None)  # where it is kept, not what it is
-    seeded_split = d.split != "loo_time" or d.train_fraction < 1.0
+    if ModelName.parse(source).is_teacher:
+        teacher = config.teacher.to_dict()
+        teacher.pop("cache_dir", None)  # where it is kept, not what it is
+    else:  # a student others distil from (`@sasrec`): its own section
+        teacher = config.model[source].to_dict()
+    seeded_split = d.split != "loo_time" or d.train_fraction < 1.0 or d.tie_order == "random"
     key = {"teacher": teacher, "split_seed": config.seed if seeded_split else None,
            "data": {k: d[k] for k in ("variant", "source_dir", "split", "cold_fraction",
                                       "train_fraction")}}
+    if d.tie_order != "item_id":  # (absent for the old order: keeps its fingerprints valid)
+        key["data"]["tie_order"] = d.tie_order
     if config.dtype != "float32":  # (absent for float32: keeps older fingerprints valid)
         key["dtype"] = config.dtype
+    if source != "teacher":  # (absent for the teacher: keeps older fingerprints valid)
+        key["source"] = source
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -108,14 +117,48 @@ def compute(module, params, side, data: SplitData, make_query, topk: int,
     }
 
 
-def save(path: str, arrays: dict, config) -> None:
-    meta = {"version": np.array(VERSION), "fingerprint": np.array(fingerprint(config)),
-            "temperature": np.array(config.teacher.temperature, np.float32)}
+def compute_from_towers(spec, params, side, data: SplitData, topk: int,
+                        batch_users: int = 256) -> dict[str, np.ndarray]:
+    """Artifacts of a dot-product student used as a teacher (`mf_kd@sasrec`):
+    its user and item towers and per-user top K. It has no genre or CTR head,
+    so those arrays are absent and the KD terms that read them are skipped."""
+    items, bias = spec.item_table_fn(params, side)
+    items = np.asarray(items, np.float32)
+    bias = np.zeros(len(items), np.float32) if bias is None else np.asarray(bias, np.float32)
+
+    @jax.jit
+    def per_users(params, query, exclude):
+        user = spec.user_vectors_fn(params, query, side)
+        logits = jnp.where(exclude, -jnp.inf, user @ items.T + bias)
+        scores, top = jax.lax.top_k(logits, topk)
+        return user, top, scores
+
+    users_all = np.arange(data.num_users, dtype=np.int32)
+    user_vec, top_items, top_scores = [], [], []
+    for lo in range(0, data.num_users, batch_users):
+        users = users_all[lo:lo + batch_users]
+        n = len(users)
+        padded = np.pad(users, (0, batch_users - n))
+        u, top, scores = per_users(params, spec.make_query(padded, "train"),
+                                   data.train.dense(padded))
+        user_vec.append(np.asarray(u)[:n])
+        top_items.append(np.asarray(top)[:n])
+        top_scores.append(np.asarray(scores)[:n])
+    return {"user_vec": np.concatenate(user_vec).astype(np.float32), "item_vec": items,
+            "item_bias": bias, "topk_items": np.concatenate(top_items).astype(np.int32),
+            "topk_scores": np.concatenate(top_scores).astype(np.float32)}
+
+
+def save(path: str, arrays: dict, config, source: str = "teacher") -> None:
+    """Writes artifacts with their fingerprint; a student source has temperature 1."""
+    temperature = config.teacher.temperature if ModelName.parse(source).is_teacher else 1.0
+    meta = {"version": np.array(VERSION), "fingerprint": np.array(fingerprint(config, source)),
+            "temperature": np.array(temperature, np.float32)}
     np.savez(path + ".tmp.npz", **arrays, **meta)
     os.replace(path + ".tmp.npz", path)
 
 
-def load(path: str, config) -> dict[str, np.ndarray]:
+def load(path: str, config, source: str = "teacher") -> dict[str, np.ndarray]:
     """Loads artifacts, refusing ones made for another teacher, data or split."""
     if not os.path.exists(path):
         raise errors.MissingInputError(
@@ -126,7 +169,7 @@ def load(path: str, config) -> dict[str, np.ndarray]:
     if int(arrays["version"]) != VERSION:
         raise errors.StaleInputError(f"{path}: artifacts version {int(arrays['version'])}, "
                                      f"expected {VERSION}; rerun the teacher stage")
-    expected = fingerprint(config)
+    expected = fingerprint(config, source)
     if str(arrays["fingerprint"]) != expected:
         raise errors.StaleInputError(
             f"{path} was made by a teacher with another config, data split or seed "

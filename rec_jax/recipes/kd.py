@@ -56,8 +56,8 @@ def side_for(bundle: TeacherBundle, data: SplitData, side: dict, needs_train_mas
     side = dict(side)
     if bundle.mode == "cached":
         a = bundle.artifacts
-        side["teacher"] = {"item_vec": a["item_vec"], "item_bias": a["item_bias"],
-                           "genre_prob": a["genre_prob"]}
+        # (genre_prob is absent for a student used as a teacher: no genre head.)
+        side["teacher"] = {k: a[k] for k in ("item_vec", "item_bias", "genre_prob") if k in a}
     if needs_train_mask:
         # [U, I] bool: which items each user trained on (masks the student's
         # and the online teacher's top-K). Fine for MovieLens-sized catalogues.
@@ -71,7 +71,7 @@ def teacher_view(bundle: TeacherBundle, batch, side, frozen, topk: int) -> Teach
     if bundle.mode == "cached":
         t = side["teacher"]
         view = TeacherView(batch["t_user_vec"], t["item_vec"], t["item_bias"], bundle.temperature,
-                           batch["t_topk_items"], batch["t_topk_scores"], t["genre_prob"],
+                           batch["t_topk_items"], batch["t_topk_scores"], t.get("genre_prob"),
                            batch.get("t_ctr_prob"))
     else:
         query = {"user": users, "inputs": batch["teacher_inputs"]}

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rec_jax.data import features as features_lib
 from rec_jax import errors
+from rec_jax.data import features as features_lib
 from rec_jax.data import raw
 from rec_jax.data.interactions import SplitData
 from rec_jax.data.sources import CTRSource, NegativeSampler, PairSource, SequenceSource
@@ -133,15 +133,29 @@ def _method_fn(module, method):
 # ---------------------------------------------------------------------------
 
 
+MF_LOSSES = ("bpr", "softmax")
+
+
 def mf_spec(name: ModelName, config, data: SplitData, side: dict) -> ModelSpec:
-    """BPR matrix factorisation."""
+    """Matrix factorisation with BPR (one sampled negative per positive) or a
+    softmax over the whole catalogue (config.model.mf.loss)."""
     cfg, module_kw = config.model.mf, module_args(name, config)
+    if cfg.loss not in MF_LOSSES:
+        raise errors.ConfigError(f"config.model.mf.loss={cfg.loss!r}: use one of {MF_LOSSES}")
     module = students.MF(data.num_users, data.num_items, cfg.embed_dim, **module_kw)
     source = PairSource(data, negative_sampler(data, cfg.train), cfg.train.num_negatives)
 
     def hard_fn(params, batch, side, rng):
         out = apply_train(module, params, batch, side, rng)
-        loss = objectives.bpr_loss(out["score"], out["neg_score"])
+        if cfg.loss == "bpr":
+            loss = objectives.bpr_loss(out["score"], out["neg_score"])
+        else:
+            # Full-catalogue cross-entropy: the positive against every item, the
+            # loss the KD terms add; so a plain "MF with softmax" exists too.
+            user = out["user_emb"]
+            items = module.apply({"params": params}, side, method=students.MF.item_vectors)
+            bias = module.apply({"params": params}, side, method=students.MF.bias)
+            loss = objectives.softmax_ce_loss(user @ items.T + bias, batch["item"])
         if cfg.l2_embed:
             # RecBole-style L2 on the embeddings used in the batch.
             loss += cfg.l2_embed * (jnp.square(out["user_emb"]).sum(-1).mean()
@@ -153,7 +167,8 @@ def mf_spec(name: ModelName, config, data: SplitData, side: dict) -> ModelSpec:
         user = params["user_embed"]["embedding"][batch["user"]]
         items = module.apply({"params": params}, side, method=students.MF.item_vectors)
         bias = module.apply({"params": params}, side, method=students.MF.bias)
-        return StudentView(user, items, None, user @ items.T + bias, _dot_at(user, items, bias))
+        return StudentView(user, items, None, user @ items.T + bias, _dot_at(user, items, bias),
+                           rank_form="softmax" if cfg.loss == "softmax" else "sigmoid")
 
     def item_table_fn(params, side):
         return (module.apply({"params": params}, side, method=students.MF.item_vectors),
@@ -212,14 +227,23 @@ def sasrec_spec(name: ModelName, config, data: SplitData, side: dict) -> ModelSp
 # ---------------------------------------------------------------------------
 
 
+DEEPFM_LABELS = ("implicit", "rating")
+
+
 def deepfm_spec(name: ModelName, config, data: SplitData, side: dict) -> ModelSpec:
-    """DeepFM trained as a CTR model (label: rating >= config.data.ctr_threshold) with
-    sampled unobserved negatives."""
+    """DeepFM with sampled unobserved negatives, trained on every interaction as a
+    positive (config.model.deepfm.label="implicit": the task the ranking metrics
+    score) or as a CTR model ("rating": positive when rating >=
+    config.data.ctr_threshold, the task AUC / LogLoss score)."""
     cfg, module_kw = config.model.deepfm, module_args(name, config)
+    if cfg.label not in DEEPFM_LABELS:
+        raise errors.ConfigError(f"config.model.deepfm.label={cfg.label!r}: use one of {DEEPFM_LABELS}")
     vocab = tuple(sorted(features_lib.vocab_sizes(side).items()))
     module = students.DeepFM(data.num_users, data.num_items, vocab, len(raw.GENRES),
                              cfg.embed_dim, tuple(cfg.hidden), cfg.dropout, **module_kw)
-    source = CTRSource(data, negative_sampler(data, cfg.train), config.data.ctr_threshold,
+    # Ratings run from 1: a threshold of 0 makes every observed pair a positive.
+    threshold = config.data.ctr_threshold if cfg.label == "rating" else 0.0
+    source = CTRSource(data, negative_sampler(data, cfg.train), threshold,
                        cfg.train.num_negatives)
 
     def hard_fn(params, batch, side, rng):

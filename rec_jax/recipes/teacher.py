@@ -57,12 +57,15 @@ def teacher_history_len(cfg, data: SplitData) -> int:
 def teacher_module(cfg, data: SplitData, name: str = "teacher",
                    settings: bert_lib.BertSettings | None = None,
                    dtype=jnp.float32) -> teacher_lib.Teacher:
-    """The Teacher module of config.teacher (`teacher_textonly`: no ID embeddings)."""
+    """The Teacher module of config.teacher (`teacher_textonly`: no ID embeddings;
+    `teacher_notext`: no text, the same architecture and budget otherwise)."""
     settings = settings or bert_settings(cfg)
+    parsed = ModelName.parse(name)
     return teacher_lib.Teacher(
         data.num_users, data.num_items, len(raw.GENRES), cfg.dim, cfg.max_len,
-        num_heads=cfg.num_heads, use_ids=cfg.use_ids and not ModelName.parse(name).textonly,
-        use_text=cfg.use_text, user_ids=cfg.user_ids, temperature=cfg.temperature,
+        num_heads=cfg.num_heads, use_ids=cfg.use_ids and not parsed.textonly,
+        use_text=cfg.use_text and not parsed.notext, user_ids=cfg.user_ids,
+        temperature=cfg.temperature,
         bert_settings=settings,
         text_first_layer=teacher_lib.parse_freeze(cfg.freeze, settings.num_layers),
         dtype=dtype, ffn_mult=cfg.ffn_mult, **teacher_tower_args(cfg, data))

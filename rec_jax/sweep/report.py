@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from rec_jax.eval import significance
 from rec_jax.sweep.grid import short_keys
 from rec_jax.sweep.plots import write_plots
 from rec_jax.sweep.results import (
@@ -171,12 +172,16 @@ def _kd_gains(
     split: str,
     metric: str = "ndcg@10",
 ) -> str | None:
-    """Markdown: relative gain of `<m>_kd` over `<m>` in the same run, mean ± std.
+    """Markdown: relative gain of `<m>_kd` over `<m>` in the same run, mean ± std,
+    with a paired test over users pooled over the runs (seeds).
 
     Each run pairs its own student with and without distillation (same seed,
-    same split), so the gain is measured within a run and then averaged.
+    same split), so the gain is measured within a run and then averaged; the
+    p-values pair each user's metric under the two models, every run's users
+    together (their per_user_<split>.npz; "—" where a run has none).
     """
     groups: dict[tuple, list[float]] = {}
+    pairs: dict[tuple, list] = {}
     for i, run in enumerate(runs):
         for model, rec in run.models.items():
             if not model.endswith("_kd") or model[:-3] not in run.models:
@@ -185,20 +190,40 @@ def _kd_gains(
             base = metric_value(run.models[model[:-3]], metric, split)
             if kd is None or not base:
                 continue
-            groups.setdefault((setting(values[i], axes), model[:-3]), []).append(kd / base - 1.0)
+            key = (setting(values[i], axes), model[:-3])
+            groups.setdefault(key, []).append(kd / base - 1.0)
+            pairs.setdefault(key, []).append(_per_user_pair(run, model, model[:-3], split))
     if not groups:
         return None
     lines = [
-        f"Relative {split} {metric} gain of distillation (<model>_kd vs <model>, same run):",
+        f"Relative {split} {metric} gain of distillation (<model>_kd vs <model>, same run; "
+        "p: paired over users, pooled over runs):",
         "",
-        "| " + " | ".join([*("/".join(a) for a in axes), "student", "n", "gain"]) + " |",
-        "|" + "---|" * (len(axes) + 3),
+        "| " + " | ".join([*("/".join(a) for a in axes), "student", "n", "gain", "p (t)",
+                         "p (Wilcoxon)"]) + " |",
+        "|" + "---|" * (len(axes) + 5),
     ]
     for (key, student), xs in groups.items():
         mean, std = mean_std(xs)
         cell = f"{100 * mean:+.1f}%" + ("" if std is None else f" ± {100 * std:.1f}%")
-        lines.append("| " + " | ".join([*key, student, str(len(xs)), cell]) + " |")
+        found = pairs[(key, student)]
+        p_t = p_w = float("nan")
+        if found and all(p is not None for p in found):
+            test = significance.pooled_test(found, metric)
+            p_t, p_w = test["p_t"], test["p_wilcoxon"]
+        lines.append("| " + " | ".join([*key, student, str(len(xs)), cell,
+                                        significance.format_p(p_t),
+                                        significance.format_p(p_w)]) + " |")
     return "\n".join(lines)
+
+
+def _per_user_pair(run: RunResult, a: str, b: str, split: str):
+    """The per-user values of models a and b of a run, or None if either is missing."""
+    try:
+        return (significance.load_per_user(str(run.workdir / a), split),
+                significance.load_per_user(str(run.workdir / b), split))
+    except OSError:
+        return None
 
 
 def _fmt(x: float) -> str:
