@@ -141,7 +141,7 @@ class Evaluator:
         out = {}
         for prefix, seg in [("", None), *self.segments.items()]:
             relevant = truth if seg is None else truth & seg[None]
-            values, counted = metrics_lib.per_user(top_items, relevant, self.ks)
+            values, counted = metrics_lib.per_user(top_items, relevant, self.ks, xp=np)
             counted = np.asarray(counted)
             for k, v in values.items():
                 out[prefix + ("/" if prefix else "") + k] = np.where(counted, np.asarray(v),

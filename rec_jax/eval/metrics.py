@@ -19,35 +19,36 @@ import numpy as np
 RANKING_METRICS = ("recall", "ndcg", "hr", "mrr")
 
 
-def per_user(top_items: jnp.ndarray, truth: jnp.ndarray, ks: tuple[int, ...]
-             ) -> tuple[dict[str, jnp.ndarray], jnp.ndarray]:
+def per_user(top_items, truth, ks: tuple[int, ...], xp=jnp) -> tuple[dict, object]:
     """Per-user ranking metrics (the values paired tests compare user by user).
 
     Args:
       top_items: [batch, max_k] item ids, best first.
       truth: [batch, num_items] bool, the relevant items of each user.
       ks: cut-offs, each <= max_k.
+      xp: the array module: jax.numpy inside jitted code (the default), numpy
+        for host arrays (no device round trip per batch).
 
     Returns:
       ({"recall@k": [batch], "ndcg@k": [batch], "hr@k": [batch], "mrr@k": [batch], ...},
        [batch] bool: users with at least one relevant item).
     """
-    hits = jnp.take_along_axis(truth, top_items, axis=1).astype(jnp.float32)
+    hits = xp.take_along_axis(truth, top_items, axis=1).astype(xp.float32)
     num_relevant = truth.sum(axis=1)
     max_k = top_items.shape[1]
     # Position j (0-based) is discounted by 1/log2(j + 2).
-    discount = 1.0 / jnp.log2(jnp.arange(max_k, dtype=jnp.float32) + 2.0)
-    ideal_dcg = jnp.concatenate([jnp.zeros(1), jnp.cumsum(discount)])
+    discount = 1.0 / xp.log2(xp.arange(max_k, dtype=xp.float32) + 2.0)
+    ideal_dcg = xp.concatenate([xp.zeros(1, xp.float32), xp.cumsum(discount)])
     out = {}
     for k in ks:
         h = hits[:, :k]
         num_hits = h.sum(axis=1)
-        out[f"recall@{k}"] = num_hits / jnp.maximum(num_relevant, 1)
+        out[f"recall@{k}"] = num_hits / xp.maximum(num_relevant, 1)
         dcg = (h * discount[:k]).sum(axis=1)
-        out[f"ndcg@{k}"] = dcg / ideal_dcg[jnp.minimum(num_relevant, k)].clip(min=1e-12)
-        out[f"hr@{k}"] = (num_hits > 0).astype(jnp.float32)
+        out[f"ndcg@{k}"] = dcg / ideal_dcg[xp.minimum(num_relevant, k)].clip(min=1e-12)
+        out[f"hr@{k}"] = (num_hits > 0).astype(xp.float32)
         # The first hit has the largest h_j / (j + 1) among hits.
-        out[f"mrr@{k}"] = (h / jnp.arange(1, k + 1, dtype=jnp.float32)).max(axis=1)
+        out[f"mrr@{k}"] = (h / xp.arange(1, k + 1, dtype=xp.float32)).max(axis=1)
     return out, num_relevant > 0
 
 
