@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Reruns everything the README quotes, in order, into workdir/ (resumable:
-# finished runs are skipped, interrupted ones resume). CPU-only; about 5-6 hours
-# on a 2-core machine (the 2026-11-28 session ran it two jobs at a time in about
-# 2.5 hours). Then `python -m rec_jax.sweep report workdir/<grid>` prints
+# finished runs are skipped, interrupted ones resume). The commands run the
+# current protocol; the README's old-protocol tables (item-ID ties) need
+# --config.data.tie_order=item_id --config.model.deepfm.label=rating
+# --config.baselines= on each job. CPU-only; about 10 hours
+# on a 2-core machine (before the tuning grid and the controls: 5-6 hours, or
+# 2.5 hours two jobs at a time). Then `python -m rec_jax.sweep report workdir/<grid>` prints
 # each grid's table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +15,11 @@ grid() { $PY -m rec_jax.sweep run "experiments/$1.py" --root="workdir/$1" "${@:2
 summary() { $PY -m rec_jax.sweep report "workdir/$1" "${@:2}" > "workdir/$1/summary.txt"; }
 job() { $PY -m rec_jax.main --config="$1" --workdir="$2" --config.progress=off "${@:3}"; }
 
-grid main_seeds; summary main_seeds                 # main job, seeds 0-2: KD gains
+$PY scripts/id_neighbour_rule.py > workdir/id_neighbour_rule.md   # the tie-leak check
+grid tune_students; summary tune_students --split valid   # equal tuning budgets (choose on valid)
+grid main_seeds; summary main_seeds                 # main job, seeds 0-2: KD gains + paired tests
+job configs/ml100k_controls.py workdir/controls                 # what the language model buys
+job configs/ml100k_controls.py workdir/controls_cold --config.data.split=cold_items
 # Cold start, fractions 1 and 0.1 of the labels, seeds 0-2: with the whole-profile teacher
 # (what user_tower=auto picks on cold_items) and with the causal one (the earlier table).
 for tower in profile causal; do

@@ -249,6 +249,7 @@ def test_artifacts_from_another_split_or_seed_are_refused(setup, tmp_path):
         artifacts_lib.load(str(tmp_path / "missing.npz"), config)
 
 
+@pytest.mark.slow
 def test_a_student_as_teacher_without_genre_or_ctr_heads(setup):
     """`<student>_kd@sasrec`: a SASRec's towers make the artifacts (top K over
     the catalogue, training items excluded); with no genre or CTR head those
