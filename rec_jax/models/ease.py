@@ -11,7 +11,6 @@ items on a CPU. There is no gradient training; λ is chosen on validation.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 
 
