@@ -216,6 +216,10 @@ def base_config() -> ConfigDict:
     c.eval.ks = (10, 20)
     c.eval.batch_users = 256
     c.eval.num_recs = 20
+    # Which validation users select (early-stop) a model: all | halves (teachers
+    # on one seeded half, students on the other: a KD student copies the top-K of
+    # a teacher chosen on the same users, which flatters its validation score).
+    c.eval.selection = "all"
     c.model = ConfigDict()
     c.model.mf = mf_section()
     c.model.sasrec = sasrec_section()

@@ -186,15 +186,39 @@ def bert_user_text_ms(config, dataset, repeats: int = 20) -> float:
 # ---------------------------------------------------------------------------
 
 
-def make_evaluator(data, part: str, config, spec=None, layout=None, num_recs: int = 20):
+def make_evaluator(data, part: str, config, spec=None, layout=None, num_recs: int = 20,
+                   users=None):
     """The full-ranking evaluator of one part: dense, or on the row-sharded
     table in mesh mode for models with a user/item tower (MF, SASRec)."""
     if layout is not None and layout.mesh is not None and spec is not None \
             and spec.item_table_fn is not None:
         return ShardedEvaluator(data, part, layout.mesh, spec.user_vectors_fn,
                                 spec.item_table_fn, config.eval.ks, config.eval.batch_users,
-                                num_recs)
-    return Evaluator(data, part, config.eval.ks, config.eval.batch_users, num_recs)
+                                num_recs, users)
+    return Evaluator(data, part, config.eval.ks, config.eval.batch_users, num_recs, users)
+
+
+SELECTIONS = ("all", "halves")
+
+
+def selection_users(config, data, name: ModelName):
+    """The validation users a model is selected (early-stopped) on.
+
+    config.eval.selection="halves": teachers on one seeded half of the users,
+    everything else on the other. A KD student copies the teacher's top-K, and
+    the teacher was picked on those same validation users, so sharing them
+    flatters the student's validation score; disjoint halves remove that.
+    "all" (default): every validation user. Reported validation metrics are
+    always on every user.
+    """
+    mode = config.eval.selection
+    if mode not in SELECTIONS:
+        raise errors.ConfigError(f"config.eval.selection={mode!r}: use one of {SELECTIONS}")
+    if mode == "all":
+        return None
+    order = np.random.default_rng([config.seed, 0x5E1]).permutation(data.num_users)
+    half = order[: data.num_users // 2] if name.is_teacher else order[data.num_users // 2:]
+    return np.sort(half).astype(np.int32)
 
 
 def evaluate_model(name: str, score_fn, make_query, params, side, data, config, folder: str,
@@ -397,7 +421,8 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn,
     if layout.mesh is not None and spec.item_table_fn is None:
         console.say(f"[{name}] mesh mode: no user/item towers to rank on the sharded table; "
                     "evaluating with the dense evaluator")
-    valid_eval = make_evaluator(data, "valid", config, spec, layout)
+    valid_eval = make_evaluator(data, "valid", config, spec, layout,
+                                users=selection_users(config, data, parsed))
     seed = config.seed
     if parsed.is_teacher and cfg.seed >= 0:
         seed = cfg.seed

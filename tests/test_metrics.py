@@ -260,3 +260,33 @@ def test_evaluator_strict_segment_and_per_user_values(tmp_path):
     # Validation has no strict segment (it is defined against the test items).
     _, valid, _ = _evaluate(tiny_split_data(), "valid")
     assert not any(k.startswith("strict") for k in valid)
+
+
+def test_evaluator_on_a_user_subset():
+    _, r, recs = _evaluate(tiny_split_data(), "test", users=np.array([0, 2]))
+    assert r["users"] == 2
+    np.testing.assert_array_equal(recs["user"], [0, 2])
+    # user 0: (1 + 1/log2(4)) / C3; user 2: 0 (its test item is 4th).
+    assert r["ndcg@3"] == pytest.approx((1 + 1 / L2(4)) / C3 / 2, abs=1e-6)
+
+
+def test_selection_halves_are_disjoint_seeded_and_cover_the_users(ml100k_ratio):
+    from configs import common
+
+    from rec_jax import run
+    from rec_jax.spec import ModelName
+    config = common.base_config()
+    assert run.selection_users(config, ml100k_ratio, ModelName.parse("mf_kd")) is None
+    config.eval.selection = "halves"
+    teacher = run.selection_users(config, ml100k_ratio, ModelName.parse("teacher"))
+    student = run.selection_users(config, ml100k_ratio, ModelName.parse("mf_kd"))
+    assert not set(teacher) & set(student)
+    assert len(teacher) + len(student) == ml100k_ratio.num_users
+    np.testing.assert_array_equal(
+        run.selection_users(config, ml100k_ratio, ModelName.parse("teacher_notext")), teacher)
+    config.seed = 1
+    assert not np.array_equal(run.selection_users(config, ml100k_ratio,
+                                                  ModelName.parse("teacher")), teacher)
+    config.eval.selection = "some"
+    with pytest.raises(ValueError, match="config.eval.selection='some'"):
+        run.selection_users(config, ml100k_ratio, ModelName.parse("mf"))

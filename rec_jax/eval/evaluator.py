@@ -43,10 +43,11 @@ class Evaluator:
       ks: metric cut-offs.
       batch_users: users per jitted batch (the last batch is padded).
       num_recs: how many recommendations per user are kept for recs CSVs.
+      users: evaluate only these users (None: every user with a held-out item).
     """
 
     def __init__(self, data: SplitData, part: str, ks=(10, 20), batch_users: int = 256,
-                 num_recs: int = 20):
+                 num_recs: int = 20, users: np.ndarray | None = None):
         if part not in ("valid", "test"):
             raise ValueError(f"part must be 'valid' or 'test', got {part!r}")
         self.data, self.part, self.ks = data, part, tuple(ks)
@@ -54,6 +55,8 @@ class Evaluator:
         self.truth = getattr(data, part)
         self.known = data.known_items(part)
         self.users = np.flatnonzero(self.truth.lengths() > 0).astype(np.int32)
+        if users is not None:  # a subset (e.g. the half of the users a model selects on)
+            self.users = np.intersect1d(self.users, users).astype(np.int32)
         self.batch_users = int(min(batch_users, max(len(self.users), 1)))
         self.segments = {"head": data.head_items, "tail": ~data.head_items}
         if data.cold_items.any():

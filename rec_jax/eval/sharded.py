@@ -172,8 +172,9 @@ class ShardedEvaluator(Evaluator):
     """
 
     def __init__(self, data: SplitData, part: str, mesh: Mesh, user_vectors_fn, item_table_fn,
-                 ks=(10, 20), batch_users: int = 256, num_recs: int = 20):
-        super().__init__(data, part, ks, batch_users, num_recs)
+                 ks=(10, 20), batch_users: int = 256, num_recs: int = 20,
+                 users: np.ndarray | None = None):
+        super().__init__(data, part, ks, batch_users, num_recs, users)
         self.mesh = mesh
         self.num_items = data.num_items
         self.user_vectors_fn = jax.jit(user_vectors_fn)
