@@ -51,7 +51,10 @@ def test_main_job_tiny_end_to_end(tmp_path):
 
     # --------------------------------------------------------------- results
     results = _read(os.path.join(workdir, "results.json"))
-    assert set(results) == set(MODELS)
+    assert set(results) == set(MODELS) | {"ease"}  # EASE: the reference row (no training)
+    ease = results["ease"]
+    assert 0.0 < ease["test"]["ndcg@10"] <= 1.0 and ease["info"]["l2"] > 0
+    assert ease["valid"]["ndcg@10"] == max(ease["info"]["valid_ndcg@10_by_l2"].values())
     for name in MODELS:
         entry = results[name]
         assert {"valid", "test", "info"} <= set(entry), name
@@ -75,12 +78,23 @@ def test_main_job_tiny_end_to_end(tmp_path):
     for name in ("deepfm", "deepfm_kd", "teacher"):
         test = results[name]["test"]
         assert 0.0 <= test["auc"] <= 1.0 and test["logloss"] > 0, name
-    assert results["teacher"]["info"]["num_params"] > 10 * results["mf"]["info"]["num_params"]
+    # The teacher's trained params and its frozen BERT are counted apart.
+    teacher_info = results["teacher"]["info"]
+    assert teacher_info["num_params_frozen"] > 10 * results["mf"]["info"]["num_params"]
+    assert 0 < teacher_info["num_params"] < teacher_info["num_params_frozen"]
+    # Per-user metrics for paired tests; strict users for loo_time; the
+    # history readers' train-only-history score.
+    for name in ("mf", "mf_kd", "teacher"):
+        assert "strict/ndcg@10" in results[name]["test"]
+        assert os.path.exists(os.path.join(workdir, name, "per_user_test.npz"))
+    for name in ("teacher", "sasrec", "sasrec_kd"):
+        assert 0.0 <= results[name]["test_train_history"]["ndcg@10"] <= 1.0
 
     # ---------------------------------------------------------------- report
     with open(os.path.join(workdir, "report.md")) as f:
         report = f.read()
     assert "| model |" in report and "NDCG@10" in report
+    assert "Paired tests over users" in report and "| mf_kd | mf | ndcg@10 |" in report
     for name in MODELS:
         assert f"| {name} |" in report, name
     assert "| teacher |" in stdout  # the table is printed at the end too
@@ -96,7 +110,7 @@ def test_main_job_tiny_end_to_end(tmp_path):
     before = {n: os.stat(os.path.join(workdir, n, "results.json")).st_mtime_ns for n in MODELS}
     _main(workdir, "--stage=eval")
     again = _read(os.path.join(workdir, "results.json"))
-    assert set(again) == set(MODELS)
+    assert set(again) == set(MODELS) | {"ease"}
     for name in MODELS:
         assert os.stat(os.path.join(workdir, name, "results.json")).st_mtime_ns > before[name]
         for metric, value in results[name]["test"].items():
@@ -124,7 +138,7 @@ def test_coldstart_job_tiny_end_to_end(tmp_path):
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     for folder in (workdir, os.path.join(workdir, "fraction_0.25")):
         results = _read(os.path.join(folder, "results.json"))
-        assert set(results) == set(COLD_MODELS), folder
+        assert set(results) == set(COLD_MODELS) | {"ease"}, folder
         for name in COLD_MODELS:
             test = results[name]["test"]
             for metric in ("ndcg@10", "cold/recall@10", "cold_only/recall@10"):
