@@ -246,4 +246,5 @@ def shrink(config: ConfigDict) -> ConfigDict:
     config.teacher.train.log_every_steps = 5
     config.teacher.item_text_len = 16
     config.teacher.user_text_len = 16
+    config.model.ease.l2_grid = "50,500"
     return config
