@@ -82,19 +82,11 @@ def compute(module, params, side, data: SplitData, make_query, topk: int,
         return jax.nn.sigmoid(module.apply({"params": params}, user_vec, item_vec,
                                            method=Teacher.ctr_logit))
 
-    users_all = np.arange(data.num_users, dtype=np.int32)
-    user_vec, top_items, top_scores = [], [], []
-    out = None
-    for lo in range(0, data.num_users, batch_users):
-        users = users_all[lo:lo + batch_users]
-        n = len(users)
-        padded = np.pad(users, (0, batch_users - n))
-        query = make_query(padded, "train")
-        out, items, scores = per_users(params, query, side, data.train.dense(padded))
-        user_vec.append(np.asarray(out["user_vec"])[:n])
-        top_items.append(np.asarray(items)[:n])
-        top_scores.append(np.asarray(scores)[:n])
-    user_vec = np.concatenate(user_vec).astype(np.float32)
+    def batch(query, exclude):
+        out, items, scores = per_users(params, query, side, exclude)
+        return out["user_vec"], items, scores, out
+
+    user_vec, top_items, top_scores, out = _over_users(batch, data, make_query, batch_users)
     item_vec = np.asarray(out["item_vec"], np.float32)
     rows = data.split.train
     pair_users = data.dataset.user[rows]
@@ -110,8 +102,8 @@ def compute(module, params, side, data: SplitData, make_query, topk: int,
         "user_vec": user_vec,
         "item_vec": item_vec,
         "item_bias": np.asarray(out["item_bias"], np.float32),
-        "topk_items": np.concatenate(top_items).astype(np.int32),
-        "topk_scores": np.concatenate(top_scores).astype(np.float32),
+        "topk_items": top_items,
+        "topk_scores": top_scores,
         "ctr_prob": np.concatenate(probs).astype(np.float32),
         "genre_prob": np.asarray(out["genre_prob"], np.float32),
     }
@@ -133,20 +125,31 @@ def compute_from_towers(spec, params, side, data: SplitData, topk: int,
         scores, top = jax.lax.top_k(logits, topk)
         return user, top, scores
 
+    def batch(query, exclude):
+        return (*per_users(params, query, exclude), None)
+
+    user_vec, top_items, top_scores, _ = _over_users(batch, data, spec.make_query, batch_users)
+    return {"user_vec": user_vec, "item_vec": items, "item_bias": bias,
+            "topk_items": top_items, "topk_scores": top_scores}
+
+
+def _over_users(batch, data: SplitData, make_query, batch_users: int):
+    """Runs batch(query, exclude) -> (user_vec, top items, top scores, extra) over
+    every user in padded batches of one shape (one compilation); training items
+    are excluded. Returns the three arrays over all users and the last extra."""
     users_all = np.arange(data.num_users, dtype=np.int32)
-    user_vec, top_items, top_scores = [], [], []
+    user_vec, top_items, top_scores, extra = [], [], [], None
     for lo in range(0, data.num_users, batch_users):
         users = users_all[lo:lo + batch_users]
         n = len(users)
         padded = np.pad(users, (0, batch_users - n))
-        u, top, scores = per_users(params, spec.make_query(padded, "train"),
-                                   data.train.dense(padded))
+        u, top, scores, extra = batch(make_query(padded, "train"), data.train.dense(padded))
         user_vec.append(np.asarray(u)[:n])
         top_items.append(np.asarray(top)[:n])
         top_scores.append(np.asarray(scores)[:n])
-    return {"user_vec": np.concatenate(user_vec).astype(np.float32), "item_vec": items,
-            "item_bias": bias, "topk_items": np.concatenate(top_items).astype(np.int32),
-            "topk_scores": np.concatenate(top_scores).astype(np.float32)}
+    return (np.concatenate(user_vec).astype(np.float32),
+            np.concatenate(top_items).astype(np.int32),
+            np.concatenate(top_scores).astype(np.float32), extra)
 
 
 def save(path: str, arrays: dict, config, source: str = "teacher") -> None:
