@@ -12,6 +12,8 @@ tests that catch those keep working.
 This module imports nothing of rec_jax, so every package may raise these.
 """
 
+from typing import NoReturn
+
 
 class UserError(Exception):
     """A problem in what the user gave the run, not in the code."""
@@ -39,3 +41,12 @@ class StaleInputError(UserError, ValueError):
 class NonFiniteError(UserError, FloatingPointError):
     """The loss became NaN or inf; the message names the steps and the last good
     checkpoint, and what to change."""
+
+
+def fail(message) -> NoReturn:
+    """Ends a command-line tool on a mistake the user can fix: one line on stderr, status 2."""
+    import sys
+
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    sys.stderr.write(f"error: {line}\n")
+    sys.exit(2)

@@ -14,7 +14,6 @@ stderr, ``error: <message>``, and exit status 2; a bug keeps its traceback.
 import os
 import re
 import sys
-from typing import NoReturn
 
 # Third-party noise off before those libraries load (each reads these once, at
 # import): transformers' "PyTorch was not found" advice, TensorFlow's C++ logs,
@@ -48,11 +47,7 @@ RENAMED = {"enhance": "fusion"}
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")  # --config.a.b=1 -> "a.b"
 
 
-def _fail(message) -> NoReturn:
-    """Ends the run on a mistake the user can fix: one line on stderr, status 2."""
-    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
-    sys.stderr.write(f"error: {line}\n")
-    sys.exit(2)
+_fail = errors.fail
 
 
 def _parse_flags(argv):

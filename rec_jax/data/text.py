@@ -17,14 +17,18 @@ from rec_jax.data.dataset import Dataset
 TEMPLATE_VERSION = 1
 
 
+def item_text(title: str, year: int, genres: list[str]) -> str:
+    """An item's sentence: title, year when known, genres (the serving path calls this too)."""
+    names = [g for g in genres if g != "unknown"]
+    head = f"{title} ({year})" if year > 0 else str(title)
+    return f"{head}. Genres: {', '.join(names)}." if names else f"{head}."
+
+
 def item_texts(dataset: Dataset) -> list[str]:
-    """One sentence per item: title, year when known, genres."""
-    texts = []
-    for title, year, genres in zip(dataset.item_title, dataset.item_year, dataset.item_genres):
-        names = [g for g, on in zip(raw.GENRES, genres) if on and g != "unknown"]
-        head = f"{title} ({year})" if year > 0 else str(title)
-        texts.append(f"{head}. Genres: {', '.join(names)}." if names else f"{head}.")
-    return texts
+    """One sentence per item (:func:`item_text`)."""
+    return [item_text(title, year, [g for g, on in zip(raw.GENRES, genres) if on])
+            for title, year, genres in zip(dataset.item_title, dataset.item_year,
+                                           dataset.item_genres)]
 
 
 def user_texts(dataset: Dataset) -> list[str]:

@@ -54,6 +54,33 @@ def _gelu_exact(x: Array) -> Array:
     return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(math.sqrt(0.5), x.dtype)))
 
 
+# erf(x) as a rational function of x² on [-4, 4] (the float32 expansion XLA and
+# Eigen use; within 4e-7 of jax.lax.erf). Plain arithmetic: a SavedModel made by
+# jax2tf with it loads in TF 2.21, whose StableHLO reader predates the composite
+# op JAX 0.10 lowers lax.erf to. Export only (rec_jax.deploy); training keeps lax.erf.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+          -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+          -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+          -7.37332916720468e-03, -1.42647390514189e-02)
+
+
+def _erf_rational(x: Array) -> Array:
+    x = jnp.clip(x, -4.0, 4.0)
+    x2 = x * x
+    p = jnp.asarray(_ERF_P[0], x.dtype)
+    for c in _ERF_P[1:]:
+        p = p * x2 + c
+    q = jnp.asarray(_ERF_Q[0], x.dtype)
+    for c in _ERF_Q[1:]:
+        q = q * x2 + c
+    return x * p / q
+
+
+def _gelu_exportable(x: Array) -> Array:
+    return 0.5 * x * (1.0 + _erf_rational(x * np.asarray(math.sqrt(0.5), x.dtype)))
+
+
 # Activations we can reproduce exactly; anything else must fail loudly instead of
 # silently changing the network.
 _ACTIVATIONS = {
@@ -61,6 +88,7 @@ _ACTIVATIONS = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
+    "gelu_exportable": _gelu_exportable,  # "gelu" for export (see _erf_rational)
 }
 
 # Checkpoint tensors that a BERT *encoder* legitimately does not use.

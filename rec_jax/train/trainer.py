@@ -52,6 +52,39 @@ class FitResult:
     meta: dict  # loop bookkeeping: best step, best metric, history, steps done
 
 
+def _setup(spec: ModelSpec, cfg, seed: int):
+    """What a run starts from: its pipeline, length, optimizer, initial state and step key."""
+    tcfg = cfg.train
+    pipeline = TrainPipeline(spec.source, tcfg.batch_size_per_device, seed,
+                             engine=tcfg.input_engine)
+    total_steps = resolve_steps(tcfg, pipeline.steps_per_epoch)
+    init_key, step_key = jax.random.split(jax.random.PRNGKey(seed))
+    params = spec.init(init_key)
+    tx = optim.make_optimizer(cfg.optim, total_steps, params, spec.label_fn, spec.freeze_steps)
+    return pipeline, total_steps, tx, init_state(params, tx), step_key
+
+
+def restore_best(spec: ModelSpec, cfg, folder: str, seed: int) -> FitResult:
+    """The best validation params of a finished run in `folder`, without training.
+
+    Raises MissingInputError when the folder holds no finished run (export and
+    serving never train).
+    """
+    ckpt = Checkpointer(os.path.join(folder, "ckpt"), keep=cfg.train.keep_checkpoints)
+    try:
+        if ckpt.latest_step() is None:
+            raise errors.MissingInputError(f"no checkpoint in {ckpt.directory}: train "
+                                           f"{spec.name!r} first (python -m rec_jax.main)")
+        state = _setup(spec, cfg, seed)[3]
+        restored, meta = ckpt.restore({"state": state, "best": state.params})
+    finally:
+        ckpt.close()
+    if not meta["done"]:
+        raise errors.MissingInputError(f"{ckpt.directory}: {spec.name!r} has not finished "
+                                       "training; rerun its job to complete it")
+    return FitResult(restored["best"], meta)
+
+
 def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed: int,
         progress: str = "auto", layout=None) -> FitResult:
     """Trains spec's model, resuming from folder/ckpt if a checkpoint exists.
@@ -69,16 +102,9 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
     """
     # ------------------------------------------------------------------ setup
     tcfg = cfg.train
-    pipeline = TrainPipeline(spec.source, tcfg.batch_size_per_device, seed,
-                             engine=tcfg.input_engine)
-    steps_per_epoch = pipeline.steps_per_epoch
-    total_steps = resolve_steps(tcfg, steps_per_epoch)
-    eval_every = max(1, int(tcfg.eval_every_epochs * steps_per_epoch))
-    init_key, step_key = jax.random.split(jax.random.PRNGKey(seed))
-    params = spec.init(init_key)
-    tx = optim.make_optimizer(cfg.optim, total_steps, params, spec.label_fn, spec.freeze_steps)
-    state = init_state(params, tx)
-    best_params = params
+    pipeline, total_steps, tx, state, step_key = _setup(spec, cfg, seed)
+    eval_every = max(1, int(tcfg.eval_every_epochs * pipeline.steps_per_epoch))
+    best_params = state.params
     meta = {"best_step": -1, "best_metric": -math.inf, "evals_since_best": 0,
             "history": [], "done": False, "stopped_early": False}
     ckpt = Checkpointer(os.path.join(folder, "ckpt"), keep=tcfg.keep_checkpoints)

@@ -1,0 +1,44 @@
+r"""Serve an exported bundle over HTTP (see rec_jax.deploy.service).
+
+    python -m rec_jax.serve --bundle=bundles/mf_kd_fusion --port=8080
+    curl 'http://127.0.0.1:8080/recommend?user_id=196&k=10'
+
+--host defaults to loopback; pass --host=0.0.0.0 to listen on every interface.
+"""
+
+import os
+
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import argparse  # noqa: E402
+
+from rec_jax import errors  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m rec_jax.serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", required=True, help="a folder written by rec_jax.export")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--interactions_log", default=None,
+                        help="where POST /interactions appends (default <bundle>/store/)")
+    args = parser.parse_args(argv)
+    import uvicorn
+
+    from rec_jax.deploy import service
+
+    try:
+        app = service.create_app(args.bundle, args.interactions_log)
+    except (FileNotFoundError, OSError, ValueError) as e:
+        errors.fail(e)
+    print(f"serving {app.state.recommender.meta['model']} on http://{args.host}:{args.port}",
+          flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()
