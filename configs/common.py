@@ -24,6 +24,9 @@ def train_section(**overrides) -> ConfigDict:
     c.negatives = "uniform"  # uniform | popularity
     c.popularity_power = 1.0
     c.num_negatives = 1
+    # Warm start: a params.msgpack (the model's own, as a finished run writes it
+    # into <workdir>/<model>/) to start from instead of a random init; "" = none.
+    c.init_from = ""
     c.update(overrides)
     return c
 
@@ -169,6 +172,17 @@ def fusion_section() -> ConfigDict:
     return c
 
 
+def refresh_section() -> ConfigDict:
+    """The refresh job (config.job = "refresh", rec_jax/refresh.py): update policies and
+    the warm-started runs' budget."""
+    c = ConfigDict()
+    c.policies = "stale,refresh,scratch"
+    c.teacher_epochs = 10.0  # `refresh`: at most this many epochs from the previous teacher
+    c.student_epochs = 20.0  # ... and from the previous student
+    c.patience = 3  # evaluations without improvement before a warm-started run stops
+    return c
+
+
 def is_tiny(arg: str | None) -> bool:
     """A config file's argument: `tiny` (True) or nothing (False); anything else is a typo."""
     if arg not in (None, "", "tiny"):
@@ -179,6 +193,7 @@ def is_tiny(arg: str | None) -> bool:
 def base_config() -> ConfigDict:
     """Every key with its default; the defaults are the main job's (ml100k_distill.py)."""
     c = ConfigDict()
+    c.job = "train"  # train: rec_jax/run.py | refresh: rec_jax/refresh.py (time windows)
     c.seed = 0
     # Which models run, in order: `models` if set, else `baselines`, the teacher,
     # then every student in `students` with each suffix in `variants`
@@ -201,7 +216,14 @@ def base_config() -> ConfigDict:
     c.data.source_dir = ""  # raw MovieLens folder; "" = the default (recbole wheel for 100k)
     c.data.data_dir = "data"  # prepared TFDS files and arrays, reused across runs
     c.data.prepared = ""  # a prepared folder to read without raw files or TensorFlow
-    c.data.split = "loo_time"  # loo_time | ratio | cold_items
+    c.data.split = "loo_time"  # loo_time | ratio | cold_items | window
+    # split=window: train (and valid, each user's latest) before window_edges[window],
+    # test on [window_edges[window], window_edges[window + 1]) (UTC dates, ascending).
+    c.data.window_edges = "1997-12-01,1998-01-01,1998-02-01,1998-03-01,1998-04-01,1998-05-01"
+    c.data.window = 0
+    # A JSON-lines log of interactions to append to the data (what the service's
+    # POST /interactions writes): {"user_id", "item_id", "rating", "timestamp"}.
+    c.data.extra_interactions = ""
     # Order of same-timestamp ratings (histories and loo_time hold-outs):
     # random (seeded by config.seed) | item_id (the old, leaky order; only to
     # reproduce numbers from before the fix).
@@ -229,6 +251,7 @@ def base_config() -> ConfigDict:
     c.distill = distill_section()
     c.transfer = transfer_section()
     c.fusion = fusion_section()
+    c.refresh = refresh_section()
     return c
 
 

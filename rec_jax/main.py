@@ -102,7 +102,14 @@ def main(argv):
     from rec_jax import run
     console.say(f"machine: {run.machine_description()}")
     try:
-        run.run(_CONFIG.value, _WORKDIR.value, _STAGE.value)
+        config = _CONFIG.value
+        if config.job == "refresh":
+            from rec_jax import refresh
+            refresh.run(config, _WORKDIR.value)
+        elif config.job == "train":
+            run.run(config, _WORKDIR.value, _STAGE.value)
+        else:
+            raise errors.ConfigError(f"config.job={config.job!r}: use 'train' or 'refresh'")
     except errors.UserError as e:
         _fail(e)
 

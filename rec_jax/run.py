@@ -82,9 +82,13 @@ def prepare_data(config, workdir: str) -> interactions.SplitData:
     """Loads the dataset, splits it and writes the split CSVs."""
     d = config.data
     dataset = dataset_lib.load(d.variant, d.data_dir, d.source_dir or None, d.prepared or None)
+    if d.extra_interactions:
+        dataset = dataset_lib.append_interactions(dataset, d.extra_interactions)
     console.say(dataset.describe())
+    window = splits.window_bounds(d.window_edges, d.window) if d.split == "window" else None
     split = splits.make_split(dataset, d.split, config.seed, d.cold_fraction,
-                              train_fraction=d.train_fraction, tie_order=d.tie_order)
+                              train_fraction=d.train_fraction, tie_order=d.tie_order,
+                              window=window)
     if jax.process_index() == 0:
         splits.write_csv(dataset, split, os.path.join(workdir, "split"))
     data = interactions.build(dataset, split, d.head_share)
@@ -312,12 +316,21 @@ def _finish_teacher(name, spec, cfg, params, side, data, config, folder, result)
     arrays = artifacts_lib.compute(spec.module, params, side, data, spec.make_query,
                                    cfg.artifact_topk)
     artifacts_lib.save(os.path.join(folder, "artifacts.npz"), arrays, config, name)
-    with open(os.path.join(folder, "params.msgpack"), "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(jax.device_get(params)))
+    write_params(folder, params)
     users = Evaluator(data, "test").users
     logits = agreement_lib.teacher_test_logits(spec.score_fn, params, side, spec.make_query, users)
     np.savez(os.path.join(folder, "test_logits.npz"), users=users, logits=logits)
     info["artifact_seconds"] = time.time() - t
+
+
+def write_params(folder: str, params) -> None:
+    """<folder>/params.msgpack: the best params (teachers: for KD; all: for warm starts)."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(folder, "params.msgpack")
+    with open(path + ".tmp", "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(jax.device_get(params)))
+    os.replace(path + ".tmp", path)
 
 
 def model_folder(name: str, config, workdir: str) -> str:
@@ -415,6 +428,9 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn,
                                     bundle=lambda: bundle_fn(source))
     spec, side = recipes.build(parsed, config, data, side, teacher)
     cfg = recipes.model_config(config, parsed)
+    if cfg.train.init_from:
+        spec = recipes.warm_start(spec, os.path.expanduser(cfg.train.init_from),
+                                  student_only=parsed.kd)
     # Mesh mode covers the students (their item tables shard by rows); the
     # teacher, whose item vectors come out of BERT, trains with pmap.
     layout = parallel.make_layout(config, name, data.num_items, can_mesh=not parsed.is_teacher)
@@ -454,6 +470,7 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn,
     if parsed.is_teacher:
         _finish_teacher(name, spec, cfg, fitted.params, side, data, config, folder, result)
     else:
+        write_params(folder, serving_params)  # what a warm start (train.init_from) reads
         if is_source and jax.process_index() == 0:
             arrays = artifacts_lib.compute_from_towers(spec, fitted.params, side, data,
                                                        config.teacher.artifact_topk)

@@ -7,8 +7,9 @@
     eval                               no train, recipes
     train                              no recipes
     recipes                            the one place that wires a model
-    bench, sweep                       tools beside the library: nothing in it imports them
-    main                               imported by nobody
+    bench, sweep, deploy               tools beside the library: nothing in it imports them
+    deploy/service.py                  the serving side: no JAX, no model code (TF bundles)
+    main, export, serve                entry points, imported by nobody
 
 Every import counts, also one inside a function (those hide a dependency), and
 the library imports its own modules inside functions only where LATE_IMPORTS
@@ -35,15 +36,27 @@ FORBIDDEN = {
     "train": {"recipes", "run", "main", "bench", "sweep"},
     "recipes": {"train", "run", "main", "bench", "sweep"},
     "run": {"main", "bench", "sweep"},
+    "refresh": {"main", "bench", "sweep"},
     "bench": {"main", "sweep"},
     "sweep": {"main", "bench"},
+    "deploy": {"main", "bench", "sweep", "export", "serve"},
+    "export": {"main", "bench", "sweep"},
+    "serve": {"main", "bench", "sweep"},
 }
-TOOLS = ("bench", "sweep")
+TOOLS = ("bench", "sweep", "deploy")
+ENTRY_POINTS = ("main", "export", "serve")
+# The library (not the tools, not the entry points) imports no tool and no entry point.
+for _unit_name, _forbidden in FORBIDDEN.items():
+    if _forbidden != "*" and _unit_name not in TOOLS + ENTRY_POINTS:
+        _forbidden.update(TOOLS + ENTRY_POINTS)
 # The two deliberate late imports, each for a reason a top-level import cannot serve.
 LATE_IMPORTS = {
     # The entry point sets up logging, silences third-party noise and starts
     # jax.distributed before the job's modules (and JAX's backends) load.
-    "main.py": {"rec_jax.run"},
+    "main.py": {"rec_jax.run", "rec_jax.refresh"},
+    # The same for the deployment entry points (TF's and transformers' noise first).
+    "export.py": {"rec_jax.deploy"},
+    "serve.py": {"rec_jax.deploy"},
     # The TFDS builder pulls in TensorFlow; a prepared dataset loads without it
     # (the GPU machine has no TensorFlow).
     "data/dataset.py": {"rec_jax.data"},  # from rec_jax.data import movielens
@@ -105,6 +118,23 @@ def test_library_imports_no_rec_jax_module_inside_functions(path):
     allowed = LATE_IMPORTS.get(str(path.relative_to(PACKAGE)), set())
     hidden = [m for m, nested in _imports(path) if nested and m not in allowed]
     assert not hidden, f"{path.relative_to(PACKAGE)} imports {hidden} inside a function"
+
+
+def test_the_service_runs_without_jax():
+    """A bundle serves with TensorFlow alone: the service imports no JAX, Flax or model code."""
+    path = PACKAGE / "deploy" / "service.py"
+    tree = ast.parse(path.read_text(), str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+            names.update(a.name for a in node.names if a.name.startswith("rec_jax"))
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+            if node.module.startswith("rec_jax"):
+                names.add(node.module)
+    assert not names & {"jax", "flax", "optax", "orbax"}, names
+    assert {n for n in names if n.startswith("rec_jax.")} == {"rec_jax.data"}, names
 
 
 def test_the_rules_see_a_violation(tmp_path):

@@ -27,7 +27,10 @@ def _per_user(dataset, rows):
     return np.bincount(dataset.user[rows], minlength=dataset.num_users)
 
 
-@pytest.mark.parametrize("name", splits.SPLITS)
+HOLDOUT_SPLITS = ("loo_time", "ratio", "cold_items")  # every row in one part ("window": below)
+
+
+@pytest.mark.parametrize("name", HOLDOUT_SPLITS)
 def test_parts_are_disjoint_and_cover_all_rows(ml100k, made, name):
     s = made(name)
     rows = np.concatenate([s.train, s.valid, s.test])
@@ -219,3 +222,32 @@ def test_write_csv_uses_original_ids(ml100k, made, tmp_path):
     with open(tmp_path / "cold_items.csv") as f:
         cold = [r[0] for r in csv.reader(f)][1:]
     assert cold == list(d.item_ids[s.cold_items])
+
+
+def test_window_trains_before_and_tests_within_the_period(ml100k):
+    start, end = splits.window_bounds("1998-01-01,1998-02-01,1998-03-01", 1)
+    assert (start, end) == (886291200, 888710400)  # 1998-02-01 and 1998-03-01, UTC
+    s = splits.make_split(ml100k, "window", 0, window=(start, end))
+    d = ml100k
+    assert (d.timestamp[s.train] < start).all() and (d.timestamp[s.valid] < start).all()
+    assert ((d.timestamp[s.test] >= start) & (d.timestamp[s.test] < end)).all()
+    # Valid is each earlier user's latest interaction (time order), train the rest.
+    for u in np.unique(d.user[s.valid])[:50]:
+        train_u = s.train[d.user[s.train] == u]
+        valid_u = s.valid[d.user[s.valid] == u]
+        assert len(valid_u) == 1 and (s.time_rank[train_u] < s.time_rank[valid_u[0]]).all()
+    # Test users all have history; the period's new users are left out.
+    known = set(d.user[s.train].tolist())
+    assert set(d.user[s.test].tolist()) <= known
+    in_period = (d.timestamp >= start) & (d.timestamp < end)
+    new_users = set(d.user[in_period].tolist()) - known
+    assert new_users and len(s.test) == in_period.sum() - np.isin(d.user, list(new_users))[
+        in_period].sum()
+
+
+@pytest.mark.parametrize("edges,window,message", [
+    ("1998-01-01", 0, "use 0..-1"), ("1998-02-01,1998-01-01", 0, "must ascend"),
+    ("1998-01-01,1998-13-01", 0, "window_edges"), ("1998-01-01,1998-02-01", 1, "use 0..0")])
+def test_window_bounds_are_checked(edges, window, message):
+    with pytest.raises(ValueError, match=message):
+        splits.window_bounds(edges, window)

@@ -214,3 +214,51 @@ def _prepare_with_tfds(variant: str, folder: str, source: str) -> Dataset:
             columns.setdefault(k, []).append(v)
     examples = {k: np.concatenate(v) for k, v in columns.items()}
     return from_examples(f"ml-{variant}", examples)
+
+
+def append_interactions(dataset: Dataset, path: str) -> Dataset:
+    """The dataset with the interactions of a JSON-lines log appended.
+
+    Each line: {"user_id": str, "item_id": str, "rating": number or null,
+    "timestamp": int} with ids the dataset knows (what the service's
+    ``POST /interactions`` writes). A missing rating counts as 0 (not a CTR
+    positive). A malformed line is a DataError naming the file, line and field.
+    """
+    import json
+
+    if not os.path.exists(path):
+        raise errors.MissingInputError(f"config.data.extra_interactions={path!r}: no such file")
+    user_row = {u: k for k, u in enumerate(dataset.user_ids)}
+    item_row = {i: k for k, i in enumerate(dataset.item_ids)}
+    users, items, ratings, stamps = [], [], [], []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise errors.DataError(f"{where}: not JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise errors.DataError(f"{where}: expected an object, got {line.strip()[:40]!r}")
+            for field, table in (("user_id", user_row), ("item_id", item_row)):
+                if str(record.get(field)) not in table:
+                    raise errors.DataError(f"{where}, field {field!r}: unknown id "
+                                           f"{record.get(field)!r}")
+            rating, stamp = record.get("rating"), record.get("timestamp")
+            if rating is not None and not isinstance(rating, (int, float)):
+                raise errors.DataError(f"{where}, field 'rating': not a number: {rating!r}")
+            if not isinstance(stamp, int) or isinstance(stamp, bool) or stamp < 0:
+                raise errors.DataError(f"{where}, field 'timestamp': not a unix time: {stamp!r}")
+            users.append(user_row[str(record["user_id"])])
+            items.append(item_row[str(record["item_id"])])
+            ratings.append(0.0 if rating is None else float(rating))
+            stamps.append(stamp)
+    user = np.concatenate([dataset.user, np.asarray(users, np.int32)])
+    item = np.concatenate([dataset.item, np.asarray(items, np.int32)])
+    timestamp = np.concatenate([dataset.timestamp, np.asarray(stamps, np.int64)])
+    rating = np.concatenate([dataset.rating, np.asarray(ratings, np.float32)])
+    order = np.lexsort((item, timestamp, user))  # the canonical row order of from_examples
+    return dataclasses.replace(dataset, user=user[order], item=item[order],
+                               rating=rating[order], timestamp=timestamp[order])

@@ -8,6 +8,10 @@
   interactions are split between valid and test, and the remaining (warm)
   interactions are split per user 8:1:1 at random. Only models that read item
   content can rank cold items.
+* ``window``: everything before a time ``start`` is training (each user's
+  latest such interaction is valid), and the interactions in ``[start, end)``
+  of users with training history are test: "trained up to now, scored on the
+  next period" (the refresh job, rec_jax.refresh, steps it through time).
 
 **Ties in time.** MovieLens users rate in bursts: about half of consecutive
 ratings share a timestamp, and for 44% of ml-100k users the last two do. The
@@ -37,7 +41,7 @@ import numpy as np
 from rec_jax import errors
 from rec_jax.data.dataset import Dataset
 
-SPLITS = ("loo_time", "ratio", "cold_items")
+SPLITS = ("loo_time", "ratio", "cold_items", "window")
 TIE_ORDERS = ("random", "item_id")
 
 
@@ -82,7 +86,8 @@ def time_order(dataset: Dataset, tie_order: str, seed: int) -> np.ndarray:
 
 def make_split(dataset: Dataset, name: str, seed: int, cold_fraction: float = 0.1,
                ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
-               train_fraction: float = 1.0, tie_order: str = "random") -> Split:
+               train_fraction: float = 1.0, tie_order: str = "random",
+               window: tuple[int, int] | None = None) -> Split:
     """Splits a dataset.
 
     Args:
@@ -93,6 +98,7 @@ def make_split(dataset: Dataset, name: str, seed: int, cold_fraction: float = 0.
       ratios: train/valid/test shares for ``ratio`` (and warm rows of ``cold_items``).
       train_fraction: share of each user's training rows to keep (>= 1 row).
       tie_order: how rows with equal timestamps are ordered (TIE_ORDERS).
+      window: (start, end) unix seconds of the test period for ``window``.
 
     Returns:
       The split.
@@ -107,6 +113,10 @@ def make_split(dataset: Dataset, name: str, seed: int, cold_fraction: float = 0.
     cold = np.zeros(0, np.int32)
     if name == "loo_time":
         train, valid, test = _leave_one_out_by_time(dataset, rank)
+    elif name == "window":
+        if window is None or not window[0] < window[1]:
+            raise errors.ConfigError(f"split 'window' needs a (start, end) period, got {window}")
+        train, valid, test = _time_window(dataset, rank, *window)
     elif name == "ratio":
         train, valid, test = _ratio_per_user(dataset.user, np.arange(dataset.num_interactions),
                                              ratios, rng)
@@ -147,6 +157,39 @@ def _leave_one_out_by_time(dataset: Dataset, rank: np.ndarray):
             train.append(rows)
     return (np.concatenate(train), np.concatenate(valid or [np.zeros(0, np.int64)]),
             np.concatenate(test or [np.zeros(0, np.int64)]))
+
+
+def _time_window(dataset: Dataset, rank: np.ndarray, start: int, end: int):
+    before = np.flatnonzero(dataset.timestamp < start)
+    train, valid = [], []
+    for rows in _group_rows(dataset.user[before], before):
+        rows = rows[np.argsort(rank[rows], kind="stable")]
+        train.append(rows[:-1] if len(rows) >= 2 else rows)
+        valid.append(rows[-1:] if len(rows) >= 2 else rows[:0])
+    empty = [np.zeros(0, np.int64)]
+    train, valid = np.sort(np.concatenate(train or empty)), np.sort(np.concatenate(valid or empty))
+    known = np.zeros(dataset.num_users, bool)
+    known[dataset.user[train]] = True
+    within = (dataset.timestamp >= start) & (dataset.timestamp < end)
+    test = np.flatnonzero(within & known[dataset.user])  # new users: no ID model can serve them
+    return train.astype(np.int64), valid.astype(np.int64), test.astype(np.int64)
+
+
+def window_bounds(edges: str, window: int) -> tuple[int, int]:
+    """(start, end) unix seconds of window `window` of comma-separated UTC dates."""
+    import datetime
+
+    try:
+        stamps = [int(datetime.datetime.strptime(e.strip(), "%Y-%m-%d").replace(
+            tzinfo=datetime.timezone.utc).timestamp()) for e in edges.split(",") if e.strip()]
+    except ValueError as e:
+        raise errors.ConfigError(f"config.data.window_edges={edges!r}: {e}") from None
+    if any(b <= a for a, b in zip(stamps, stamps[1:])):
+        raise errors.ConfigError(f"config.data.window_edges={edges!r}: dates must ascend")
+    if not 0 <= window < len(stamps) - 1:
+        raise errors.ConfigError(f"config.data.window={window}: use 0..{len(stamps) - 2} "
+                                 f"for {len(stamps)} window_edges")
+    return stamps[window], stamps[window + 1]
 
 
 def _ratio_per_user(users, rows, ratios, rng):

@@ -26,6 +26,9 @@ import tempfile
 import time
 from collections import defaultdict
 
+from rec_jax import errors
+from rec_jax.deploy import export, service, trained
+
 
 def _read_csv(path: str) -> list[dict]:
     with open(path, newline="") as f:
@@ -50,8 +53,6 @@ def service_recalls(client, test_rows: list[dict], cold: set[str], k: int = 10) 
 
 def run(workdir: str, model: str, bundle: str, tolerance: float = 1e-4) -> dict:
     from fastapi.testclient import TestClient
-
-    from rec_jax.deploy import export, service, trained
 
     t = time.time()
     student = trained.load(workdir, model)
@@ -98,8 +99,6 @@ def main(argv=None):
     parser.add_argument("--bundle", default=None, help="(default: a temporary folder)")
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args(argv)
-    from rec_jax import errors
-
     with tempfile.TemporaryDirectory() as tmp:
         try:
             out = run(args.workdir, args.model, args.bundle or os.path.join(tmp, "bundle"),

@@ -14,11 +14,14 @@ data sources know nothing of each other; only this package joins them.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
+import flax
 import jax
 import numpy as np
 
+from rec_jax import errors
 from rec_jax.data.interactions import SplitData
 from rec_jax.distill import transfer
 from rec_jax.recipes import kd
@@ -27,7 +30,7 @@ from rec_jax.recipes.teacher import (teacher_history_len, teacher_module, teache
                                      teacher_tower_args, teacher_user_tower)
 from rec_jax.spec import ModelName, ModelSpec
 
-__all__ = ["TeacherAccess", "build", "model_config", "model_spec", "module_args", "num_params",
+__all__ = ["TeacherAccess", "build", "warm_start", "model_config", "model_spec", "module_args", "num_params",
            "teacher_history_len", "teacher_module", "teacher_tower_args", "teacher_user_tower",
            "user_query"]
 
@@ -89,6 +92,36 @@ def build(name: str | ModelName, config, data: SplitData, side: dict,
             spec, config.transfer.share, teacher.params(),
             teacher_tower_args(config.teacher, data)["text_scale"])
     return spec, side
+
+
+def warm_start(spec: ModelSpec, path: str, student_only: bool) -> ModelSpec:
+    """`spec` starting from the params in `path` (a params.msgpack a finished run wrote).
+
+    student_only: the file holds a student's own params and the spec is its
+    `_kd` form ({"student": ..., KD heads}); the heads start fresh.
+    """
+    if not os.path.exists(path):
+        raise errors.MissingInputError(f"train.init_from={path!r}: no such file (a finished "
+                                       "run writes <workdir>/<model>/params.msgpack)")
+    with open(path, "rb") as f:
+        loaded = flax.serialization.msgpack_restore(f.read())
+    base_init = spec.init
+
+    def init(rng):
+        params = base_init(rng)
+        target = params["student"] if student_only else params
+        want = {jax.tree_util.keystr(k): np.shape(v)
+                for k, v in jax.tree_util.tree_leaves_with_path(target)}
+        have = {jax.tree_util.keystr(k): np.shape(v)
+                for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
+        for key in sorted(set(want) | set(have)):
+            if want.get(key) != have.get(key):
+                raise errors.ConfigError(
+                    f"train.init_from={path!r}: param {key} is {have.get(key)} there but "
+                    f"{want.get(key)} in {spec.name!r} (another model or size?)")
+        new = jax.tree.map(lambda a, b: np.asarray(b, np.asarray(a).dtype), target, loaded)
+        return dict(params, student=new) if student_only else new
+    return dataclasses.replace(spec, init=init)
 
 
 def num_params(params: Any) -> int:

@@ -55,6 +55,10 @@ def fingerprint(config, source: str = "teacher") -> str:
     key = {"teacher": teacher, "split_seed": config.seed if seeded_split else None,
            "data": {k: d[k] for k in ("variant", "source_dir", "split", "cold_fraction",
                                       "train_fraction")}}
+    if d.split == "window":
+        key["data"]["window"] = [d.window_edges, d.window]
+    if d.extra_interactions:  # (the log's path; a rewritten log needs a fresh workdir)
+        key["data"]["extra_interactions"] = d.extra_interactions
     if d.tie_order != "item_id":  # (absent for the old order: keeps its fingerprints valid)
         key["data"]["tie_order"] = d.tie_order
     if config.dtype != "float32":  # (absent for float32: keeps older fingerprints valid)
