@@ -238,6 +238,10 @@ def base_config() -> ConfigDict:
     c.eval.ks = (10, 20)
     c.eval.batch_users = 256
     c.eval.num_recs = 20
+    # Time each model's batch-1 scoring (info.score_ms_per_user; the teacher adds
+    # BERT over a new user's text). Off in `tiny` runs, where compiling the
+    # timed functions costs more than the runs' numbers are worth.
+    c.eval.timings = True
     # Which validation users select (early-stop) a model: all | halves (teachers
     # on one seeded half, students on the other: a KD student copies the top-K of
     # a teacher chosen on the same users, which flatters its validation score).
@@ -270,4 +274,5 @@ def shrink(config: ConfigDict) -> ConfigDict:
     config.teacher.item_text_len = 16
     config.teacher.user_text_len = 16
     config.model.ease.l2_grid = "50,500"
+    config.eval.timings = False
     return config

@@ -11,7 +11,8 @@ here), so this grid is about quality; speed belongs to scripts/gpu_check.sh.
 from rec_jax import sweep
 
 BASE_CONFIG = "configs/ml100k_distill.py"
-# One teacher per dtype (cached), students over 3 seeds.
+# One teacher per dtype and seed (cached: each seed's split has its own tie order;
+# the teacher's init is pinned to seed 0), students over 3 seeds.
 FIXED = {"models": "teacher,mf,sasrec", "teacher.cache_dir": "workdir/teacher_cache",
          "teacher.seed": 0}
 

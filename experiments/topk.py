@@ -17,8 +17,9 @@ Tiny (K ∈ {5, 20} x {position, hybrid}, 1 seed = 4 runs on the tiny config):
 from rec_jax import sweep
 
 BASE_CONFIG = "configs/ml100k_distill.py"
-# MF students only (each run ~2 minutes on the CPU), sharing one cached teacher
-# with every other grid on the main job's data and split.
+# MF students only (each run ~2 minutes on the CPU). One cached teacher per seed,
+# shared with every other grid on the main job's data: each seed's split has its
+# own order of same-time ratings, so its own teacher (whose init is pinned to seed 0).
 FIXED = {"students": "mf", "teacher.cache_dir": "workdir/teacher_cache", "teacher.seed": 0}
 
 

@@ -33,6 +33,7 @@ import shutil
 from rec_jax import console, errors
 from rec_jax import run as run_lib
 from rec_jax.eval import report as report_lib
+from rec_jax.eval import significance
 from rec_jax.spec import ModelName
 
 POLICIES = ("stale", "refresh", "scratch")
@@ -111,12 +112,13 @@ def run(config, workdir: str) -> dict:
                             f"({folder})")
                 results = run_lib.run(window_config(config, w, policy, previous[policy]), folder)
             previous[policy] = folder
-            row = {"window": w, "policy": policy, "seconds": _spent(results) if w else 0.0}
+            row = {"window": w, "policy": policy, "seconds": _spent(results) if w else 0.0,
+                   "folder": folder}
             row.update({f"{n}/ndcg@10": results[n]["test"]["ndcg@10"] for n in names})
             row["test_users"] = results[names[-1]]["test"].get("users")
             rows.append(row)
     initial_seconds = _spent(report_lib.read_results(initial))
-    text = markdown(rows, names, policies, initial_seconds)
+    text = markdown(rows, names, policies, initial_seconds) + paired(rows, names[-1], policies)
     with open(os.path.join(workdir, "refresh.json"), "w") as f:
         json.dump({"rows": rows, "initial_seconds": initial_seconds}, f, indent=1)
     with open(os.path.join(workdir, "refresh.md"), "w") as f:
@@ -159,4 +161,26 @@ def markdown(rows: list[dict], names: list[str], policies: list[str],
                       f"{'yes' if ge else 'no'}; refresh / scratch NDCG@10 per window: "
                       + ", ".join(f"{x:.3f}" for x in ratio)
                       + f"; refresh compute = {cost:.2f} x scratch."]
+    return "\n".join(lines) + "\n"
+
+
+def paired(rows: list[dict], student: str, policies: list[str]) -> str:
+    """Refresh against stale and scratch, user by user: per later window and pooled."""
+    if not {"refresh", "stale", "scratch"} <= set(policies):
+        return ""
+    by = {(r["window"], r["policy"]): r for r in rows}
+    later = sorted({r["window"] for r in rows if r["window"]})
+    per_user = {key: significance.load_per_user(os.path.join(r["folder"], student))
+                for key, r in by.items() if key[0]}
+    lines = ["", f"Paired over the window's test users ({student} NDCG@10; Wilcoxon "
+             "signed-rank p, two-sided):", "",
+             "| window | refresh − stale | p | refresh − scratch | p |", "|---|---|---|---|---|"]
+    for w in later + ["pooled"]:
+        windows = later if w == "pooled" else [w]
+        cells = []
+        for other in ("stale", "scratch"):
+            t = significance.pooled_test([(per_user[v, "refresh"], per_user[v, other])
+                                          for v in windows], "ndcg@10")
+            cells += [f"{t['diff']:+.4f}", significance.format_p(t["p_wilcoxon"])]
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -159,6 +159,14 @@ def build_side(config, data, names) -> dict:
 # ---------------------------------------------------------------------------
 
 
+def serving_timing(config, fn, params, query, side) -> dict:
+    """{"score_ms_per_user": ms} of fn at batch 1, or {} with config.eval.timings off
+    (tiny runs: the compilation costs more than their numbers say)."""
+    if not config.eval.timings:
+        return {}
+    return {"score_ms_per_user": serving_ms(fn, params, query, side)}
+
+
 def serving_ms(fn, params, query, side, repeats: int = 30) -> float:
     """Median wall time (ms) of fn(params, query, side) after compilation."""
     jitted = jax.jit(fn)
@@ -279,8 +287,8 @@ def _fit_ease(config, data, side, folder: str) -> dict:
                             data, config, folder)
     result["info"] = {"num_params": int(params["B"].size), "train_seconds": fit_seconds,
                       "l2": l2, f"valid_{cfg.select_metric}_by_l2": curve,
-                      "score_ms_per_user": serving_ms(ease_lib.EASE.score_all, params,
-                                                      {"user": np.zeros(1, np.int32)}, side)}
+                      **serving_timing(config, ease_lib.EASE.score_all, params,
+                                       {"user": np.zeros(1, np.int32)}, side)}
     return result
 
 
@@ -308,8 +316,9 @@ def _finish_teacher(name, spec, cfg, params, side, data, config, folder, result)
                                                          with_tokenizer=False)
             trained = recipes.num_params(params.get("text", {}))
             info["num_params_frozen"] = recipes.num_params(bert_params) - trained
-        info["score_ms_bert_user_text"] = bert_user_text_ms(config, data.dataset)
-        info["score_ms_per_user"] += info["score_ms_bert_user_text"]
+        if config.eval.timings:
+            info["score_ms_bert_user_text"] = bert_user_text_ms(config, data.dataset)
+            info["score_ms_per_user"] += info["score_ms_bert_user_text"]
     if jax.process_index() != 0:
         return
     t = time.time()
@@ -412,8 +421,8 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn,
         result = evaluate_model(name, model.score_all, recipes.user_query, {}, side, data,
                                 config, folder)
         result["info"] = {"num_params": 0, "train_seconds": 0.0,
-                          "score_ms_per_user": serving_ms(model.score_all, {},
-                                                          {"user": one_user}, side)}
+                          **serving_timing(config, model.score_all, {}, {"user": one_user},
+                                           side)}
         _write_json(results_path, result)
         return result
     if name == "ease":
@@ -458,8 +467,8 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn,
     serving_params = fitted.params["student"] if parsed.kd else fitted.params
     result["info"] = {
         "num_params": recipes.num_params(serving_params),
-        "score_ms_per_user": serving_ms(spec.score_fn, fitted.params,
-                                        spec.make_query(one_user, "test"), side),
+        **serving_timing(config, spec.score_fn, fitted.params,
+                         spec.make_query(one_user, "test"), side),
         "train_seconds": train_seconds,
         "best_step": fitted.meta["best_step"],
         "steps_done": fitted.meta.get("steps_done"),

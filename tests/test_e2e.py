@@ -47,7 +47,7 @@ def _read(path):
 
 def test_main_job_tiny_end_to_end(tmp_path):
     workdir = str(tmp_path / "distill")
-    stdout = _main(workdir)
+    stdout = _main(workdir, "--config.eval.timings=true")  # (off by default in tiny runs)
 
     # --------------------------------------------------------------- results
     results = _read(os.path.join(workdir, "results.json"))
@@ -120,8 +120,9 @@ def test_main_job_tiny_end_to_end(tmp_path):
         assert again[name]["info"]["best_step"] == results[name]["info"]["best_step"]
 
     # ------------------------------------------------------------------ export
-    for name in ("mf_kd", "sasrec_kd", "deepfm_kd"):
-        _check_export(workdir, name, str(tmp_path / f"bundle_{name}"))
+    # (Every family's conversion is checked in tests/test_deploy.py; here a
+    # trained one, read back from the workdir through its checkpoint.)
+    _check_export(workdir, "sasrec_kd", str(tmp_path / "bundle_sasrec_kd"))
 
 
 def _check_export(workdir, name, out):

@@ -121,3 +121,4 @@ def test_refresh_job_tiny(tmp_path):
     with open(os.path.join(workdir, "refresh.md")) as f:
         report = f.read()
     assert "| stale |" in report and "refresh compute =" in report
+    assert "| pooled |" in report  # refresh against stale and scratch, paired over users
