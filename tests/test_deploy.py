@@ -254,3 +254,19 @@ def test_serve_cli_refuses_a_folder_that_is_no_bundle(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: {os.path.join(str(tmp_path), 'meta.json')} not found: --bundle must be a "
         "folder written by python -m rec_jax.export"]
+
+
+def test_an_older_run_config_loads_over_todays_defaults(tmp_path):
+    """export reads a finished job's run.json; keys added since take their defaults."""
+    from rec_jax import errors
+    from rec_jax.deploy import trained
+
+    saved = {"seed": 3, "data": {"split": "cold_items", "cold_fraction": 0.2},
+             "eval": {"ks": [5, 10]}, "teacher": {"train": {"epochs": 7.0}}}
+    (tmp_path / "run.json").write_text(json.dumps({"config": saved}))
+    config = trained.run_config(str(tmp_path))
+    assert (config.seed, config.data.split, config.data.cold_fraction) == (3, "cold_items", 0.2)
+    assert config.eval.ks == (5, 10) and config.teacher.train.epochs == 7.0
+    assert config.data.extra_interactions == "" and config.teacher.train.init_from == ""
+    with pytest.raises(errors.MissingInputError, match="must be a workdir"):
+        trained.run_config(str(tmp_path / "nowhere"))

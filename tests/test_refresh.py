@@ -122,3 +122,17 @@ def test_refresh_job_tiny(tmp_path):
         report = f.read()
     assert "| stale |" in report and "refresh compute =" in report
     assert "| pooled |" in report  # refresh against stale and scratch, paired over users
+
+
+def test_an_unset_warm_start_keeps_teacher_fingerprints():
+    """Cached teachers stay valid across code changes that add unset keys: the main
+    job's seed-0 teacher has kept this fingerprint since the tie-order fix. (Change
+    it only with a change to the teacher's config or data, and say so.)"""
+    from configs import ml100k_distill
+
+    from rec_jax.recipes import artifacts
+
+    config = ml100k_distill.get_config()
+    assert artifacts.fingerprint(config) == "a988d40b411ec9a8"
+    config.teacher.train.init_from = "elsewhere/params.msgpack"
+    assert artifacts.fingerprint(config) != "a988d40b411ec9a8"

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from configs import common
 
 from rec_jax import errors, recipes
 from rec_jax import run as run_lib
@@ -27,13 +28,30 @@ from rec_jax.train import trainer
 
 
 def run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a finished job ran with (its run.json)."""
+    """The config a finished job ran with (its run.json), over today's defaults (keys
+    added since the job ran take their default values)."""
     path = os.path.join(workdir, "run.json")
     if not os.path.exists(path):
         raise errors.MissingInputError(f"{path} not found: --workdir must be a workdir of "
                                        "python -m rec_jax.main")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f)["config"])
+        saved = json.load(f)["config"]
+    config = common.base_config()
+    _overlay(config, saved)
+    return config
+
+
+def _overlay(config: ml_collections.ConfigDict, saved: dict) -> None:
+    for key, value in saved.items():
+        current = config.get(key) if key in config else None
+        if isinstance(current, ml_collections.ConfigDict) and isinstance(value, dict):
+            _overlay(current, value)
+        elif isinstance(current, tuple) and isinstance(value, list):
+            config[key] = tuple(value)
+        elif key in config:
+            config[key] = value
+        else:  # a key this code does not define: kept, in case a section reads it
+            config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
 
 
 def text_path(config, data, workdir: str, parsed: ModelName) -> TextPath:

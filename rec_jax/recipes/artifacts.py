@@ -49,8 +49,12 @@ def fingerprint(config, source: str = "teacher") -> str:
     if ModelName.parse(source).is_teacher:
         teacher = config.teacher.to_dict()
         teacher.pop("cache_dir", None)  # where it is kept, not what it is
+        if not teacher["train"].get("init_from"):  # (absent when unset: keeps older
+            teacher["train"].pop("init_from", None)  # fingerprints valid)
     else:  # a student others distil from (`@sasrec`): its own section
         teacher = config.model[source].to_dict()
+        if not teacher["train"].get("init_from"):
+            teacher["train"].pop("init_from", None)
     seeded_split = d.split != "loo_time" or d.train_fraction < 1.0 or d.tie_order == "random"
     key = {"teacher": teacher, "split_seed": config.seed if seeded_split else None,
            "data": {k: d[k] for k in ("variant", "source_dir", "split", "cold_fraction",
