@@ -26,13 +26,16 @@ def main(argv=None):
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--interactions_log", default=None,
                         help="where POST /interactions appends (default <bundle>/store/)")
+    parser.add_argument("--tf_threads", type=int, default=1,
+                        help="TensorFlow intra/inter-op threads (0: TF's defaults); 1 keeps "
+                             "the tail latency low on small CPUs")
     args = parser.parse_args(argv)
     import uvicorn
 
     from rec_jax.deploy import service
 
     try:
-        app = service.create_app(args.bundle, args.interactions_log)
+        app = service.create_app(args.bundle, args.interactions_log, args.tf_threads)
     except (FileNotFoundError, OSError, ValueError) as e:
         errors.fail(e)
     print(f"serving {app.state.recommender.meta['model']} on http://{args.host}:{args.port}",

@@ -4,8 +4,8 @@ r"""Load test of the HTTP service: latency and throughput of /recommend.
         [--requests=2000] [--k=10]
 
 Starts ``python -m rec_jax.serve`` on the bundle (a separate process on a
-loopback port), warms it up, then for each concurrency level keeps that many
-requests in flight from an asyncio client (random known users) and
+loopback port), then for each concurrency level sends --requests requests to
+warm up and --requests more that are timed, keeping that many requests in flight from an asyncio client (random known users) and
 prints p50 / p99 latency and requests per second as a markdown table
 (the client is aiohttp: httpx's pool costs more CPU per request than the
 server does). With a
@@ -61,25 +61,31 @@ def start_server(bundle: str, port: int) -> subprocess.Popen:
 
 
 async def _drive(url: str, users: list[str], concurrency: int, requests: int, k: int):
-    """(latencies in ms, wall seconds) of `requests` GET /recommend with `concurrency` in flight."""
+    """(latencies in ms, wall seconds) of `requests` GET /recommend with `concurrency` in
+    flight, measured after as many warm-up requests on the same connections."""
     import aiohttp
 
-    latencies: list[float] = []
     rng = random.Random(0)
-    todo = iter(range(requests))
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(url, connector=connector) as session:
-        async def worker():
-            for _ in todo:
-                t = time.perf_counter()
-                async with session.get("/recommend", params={"user_id": rng.choice(users),
-                                                             "k": str(k)}) as r:
-                    await r.read()
-                    r.raise_for_status()
-                latencies.append(1e3 * (time.perf_counter() - t))
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return latencies, time.perf_counter() - t0
+        async def phase(n):
+            latencies: list[float] = []
+            todo = iter(range(n))
+
+            async def worker():
+                for _ in todo:
+                    t = time.perf_counter()
+                    async with session.get("/recommend", params={
+                            "user_id": rng.choice(users), "k": str(k)}) as r:
+                        await r.read()
+                        r.raise_for_status()
+                    latencies.append(1e3 * (time.perf_counter() - t))
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return latencies, time.perf_counter() - t0
+
+        await phase(requests)  # warm-up: connections open, caches and allocators settled
+        return await phase(requests)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -102,19 +108,19 @@ def measure(bundle: str, concurrency: list[int], requests: int, k: int) -> dict:
             shutil.copytree(bundle, served)
         proc = start_server(served, port)
         try:
-            asyncio.run(_drive(url, meta["user_ids"], 4, 200, k))  # warm-up
             for c in concurrency:
                 lat, wall = asyncio.run(_drive(url, meta["user_ids"], c, requests, k))
                 rows[c] = {"p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99),
                            "rps": len(lat) / wall, "requests": len(lat)}
             add_ms = []
             if meta["text"] is not None:
-                for i in range(50):
-                    t = time.perf_counter()
-                    httpx.post(f"{url}/items", json={"title": f"Load Test Film {i}",
-                                                     "year": 2000, "genres": ["Drama"]},
-                               timeout=30.0).raise_for_status()
-                    add_ms.append(1e3 * (time.perf_counter() - t))
+                with httpx.Client(base_url=url, timeout=30.0) as client:  # one connection
+                    for i in range(50):
+                        t = time.perf_counter()
+                        client.post("/items", json={"title": f"Load Test Film {i}",
+                                                    "year": 2000, "genres": ["Drama"]}
+                                    ).raise_for_status()
+                        add_ms.append(1e3 * (time.perf_counter() - t))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
