@@ -240,18 +240,13 @@ def test_service_logs_interactions(bundles, tmp_path):
     assert len(lines) == 2  # the refused requests wrote nothing
 
 
-@pytest.mark.slow
-def test_serve_cli_refuses_a_folder_that_is_no_bundle(tmp_path):
-    import subprocess
-    import sys
+def test_serve_cli_refuses_a_folder_that_is_no_bundle(tmp_path, capsys):
+    from rec_jax import serve
 
-    from conftest import REPO_ROOT, subprocess_env
-
-    proc = subprocess.run([sys.executable, "-m", "rec_jax.serve", f"--bundle={tmp_path}"],
-                          cwd=REPO_ROOT, env=subprocess_env(1), capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    with pytest.raises(SystemExit) as e:
+        serve.main([f"--bundle={tmp_path}"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {os.path.join(str(tmp_path), 'meta.json')} not found: --bundle must be a "
         "folder written by python -m rec_jax.export"]
 

@@ -47,7 +47,7 @@ def _read(path):
 
 def test_main_job_tiny_end_to_end(tmp_path):
     workdir = str(tmp_path / "distill")
-    stdout = _main(workdir, "--config.eval.timings=true")  # (off by default in tiny runs)
+    stdout = _main(workdir)  # (timings off in tiny runs: tests/test_train.py times pop and MF)
 
     # --------------------------------------------------------------- results
     results = _read(os.path.join(workdir, "results.json"))
@@ -62,7 +62,7 @@ def test_main_job_tiny_end_to_end(tmp_path):
             for metric in RANKING:
                 assert 0.0 <= entry[part][metric] <= 1.0, (name, part, metric)
             assert entry[part]["recall@10"] <= entry[part]["recall@20"] + 1e-9
-        assert entry["info"]["num_params"] > 0 and entry["info"]["score_ms_per_user"] > 0
+        assert entry["info"]["num_params"] > 0 and "score_ms_per_user" not in entry["info"]
         assert entry == _read(os.path.join(workdir, name, "results.json"))
         assert os.path.exists(os.path.join(workdir, name, "recs_test.csv"))
     # The tiny teacher is barely trained, but the students must have learned something.
@@ -119,38 +119,6 @@ def test_main_job_tiny_end_to_end(tmp_path):
         # Training was not redone: the same best checkpoint was evaluated.
         assert again[name]["info"]["best_step"] == results[name]["info"]["best_step"]
 
-    # ------------------------------------------------------------------ export
-    # (Every family's conversion is checked in tests/test_deploy.py; here a
-    # trained one, read back from the workdir through its checkpoint.)
-    _check_export(workdir, "sasrec_kd", str(tmp_path / "bundle_sasrec_kd"))
-
-
-def _check_export(workdir, name, out):
-    """The exported SavedModel recommends what the job's evaluation listed (recs_test.csv)."""
-    import csv
-
-    import tensorflow as tf
-
-    from rec_jax.deploy import export, trained
-
-    student = trained.load(workdir, name)
-    export.export(student, out, max_new_items=10)
-    model = tf.saved_model.load(os.path.join(out, "model"))
-    listed = {}
-    with open(os.path.join(workdir, name, "recs_test.csv"), newline="") as f:
-        for row in csv.DictReader(f):
-            if int(row["rank"]) <= 10:
-                listed.setdefault(row["user_id"], []).append((row["item_id"], float(row["score"])))
-    row_of = {u: r for r, u in enumerate(student.user_ids)}
-    users = sorted(listed, key=int)
-    got = model.recommend(tf.constant([row_of[u] for u in users], tf.int32), tf.constant(10),
-                          tf.constant(0))
-    items, scores = got["items"].numpy(), got["scores"].numpy()
-    for i, u in enumerate(users):
-        assert [student.item_ids[r] for r in items[i]] == [it for it, _ in listed[u]], (name, u)
-        np.testing.assert_allclose(scores[i], [s for _, s in listed[u]], atol=1e-4,
-                                   err_msg=f"{name} user {u}")
-
 
 COLD_MODELS = ("teacher", "mf", "mf_kd", "mf_kd_transfer", "mf_kd_transfer_fusion")
 
@@ -186,10 +154,9 @@ def test_coldstart_job_tiny_end_to_end(tmp_path):
     # The fused student served with its cold items held out, the cold items
     # added back through POST /items (text path: frozen BERT in the bundle),
     # scores through the service as offline (rec_jax.deploy.cold_check).
-    proc = subprocess.run([sys.executable, "-m", "rec_jax.deploy.cold_check",
-                           f"--workdir={workdir}", "--model=mf_kd_transfer_fusion"],
-                          cwd=REPO_ROOT, env=subprocess_env(1), capture_output=True, text=True,
-                          timeout=600, check=False)
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert "equal within 0.0001" in proc.stdout
-    assert "| cold_only/recall@10 |" in proc.stdout
+    # (In process: the check reads the workdir through its run.json, as export does.)
+    from rec_jax.deploy import cold_check
+
+    check = cold_check.run(workdir, "mf_kd_transfer_fusion", str(tmp_path / "bundle"))
+    assert check["ok"] and check["cold_items"] == 168 and check["users"] > 500, check
+    assert check["rows"]["cold_only/recall@10"][0] > 0

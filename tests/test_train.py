@@ -267,10 +267,11 @@ def _rows(path):
 @pytest.mark.slow
 def test_end_to_end_tiny_run_writes_every_output(tmp_path, ml100k):
     workdir = tmp_path / "tiny"
-    out = _ok(run_main(str(workdir)))
+    out = _ok(run_main(str(workdir), "--config.eval.timings=true"))  # (off in tiny configs)
     assert (workdir / "COMPLETE").exists()
     results = load_results(str(workdir))
     assert list(results) == ["pop", "mf"]
+    assert all(results[m]["info"]["score_ms_per_user"] > 0 for m in ("pop", "mf"))
     for model in ("pop", "mf"):
         for part in ("valid", "test"):
             m = results[model][part]
