@@ -220,19 +220,20 @@ def _servable(student: Student, capacity: int, hold_out: str):
             -1: nobody has.
             """
             def put(var, value):
-                var.assign(tf.tensor_scatter_nd_update(var, [[row]], [value]))
+                return var.assign(tf.tensor_scatter_nd_update(var, [[row]], [value]))
             seen_by = tf.cond(seen_as_row >= 0,
                               lambda: tf.gather(m.exclude, tf.maximum(seen_as_row, 0), axis=1),
                               lambda: tf.zeros([tf.shape(m.exclude)[0]], tf.bool))
-            m.exclude.assign(tf.transpose(tf.tensor_scatter_nd_update(
-                tf.transpose(m.exclude), [[row]], [seen_by])))
-            put(m.items["fusion_text"], vector)
+            writes = [m.exclude.assign(tf.transpose(tf.tensor_scatter_nd_update(
+                tf.transpose(m.exclude), [[row]], [seen_by]))),
+                put(m.items["fusion_text"], vector), put(m.items["item_seen"], False)]
             if num_genres:
-                put(m.items["item_genres"], genres[:num_genres])
+                writes.append(put(m.items["item_genres"], genres[:num_genres]))
             if "item_year" in items:
-                put(m.items["item_year"], year_code)
-            put(m.items["item_seen"], False)
-            put(m.active, True)
+                writes.append(put(m.items["item_year"], year_code))
+            # Activated last: a concurrent recommend sees the row whole or not at all.
+            with tf.control_dependencies(writes):
+                put(m.active, True)
             return {"row": row}
 
         m.encode_items, m.add_item = encode_items, add_item
