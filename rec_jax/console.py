@@ -20,6 +20,7 @@ already loaded which process it is).
 
 from __future__ import annotations
 
+import os
 import sys
 
 _open_bars: list = []
@@ -68,3 +69,29 @@ class ProgressBar:
         if self in _open_bars:
             _open_bars.remove(self)
         self._bar.close()
+
+
+def quiet_third_party() -> None:
+    """Third-party noise off; every entry point calls this before those libraries load
+    (each reads these once, at import): transformers' "PyTorch was not found" advice,
+    TensorFlow's C++ logs, and its oneDNN notice, which TF 2.21 prints whatever
+    TF_CPP_MIN_LOG_LEVEL says (TensorFlow only feeds the input pipeline and runs
+    exported bundles here). A value the user set wins."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def start_absl_main(argv) -> None:
+    """The start of an absl entry point's main(): no stray arguments, absl logging at
+    warnings (Orbax and TFDS log every save and read at INFO; the job says its own
+    progress here; -v 0 shows everything), and the repo root on the path so
+    `configs.common` imports from config files."""
+    from absl import app, flags, logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -8,18 +8,13 @@ never trains) and writes --out. Serve it with ``python -m rec_jax.serve``.
 """
 
 import os
+import time
 
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from rec_jax import console, errors
 
-import sys  # noqa: E402
-import time  # noqa: E402
+console.quiet_third_party()
 
-from absl import app, flags, logging  # noqa: E402
-
-from rec_jax import console, errors  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished job's workdir (rec_jax.main).")
 _MODEL = flags.DEFINE_string("model", None, "The student to export, e.g. mf_kd_fusion.")
@@ -32,11 +27,7 @@ flags.mark_flags_as_required(["workdir", "model", "out"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    console.start_absl_main(argv)
     from rec_jax.deploy import export, trained
 
     t = time.time()

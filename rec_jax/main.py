@@ -11,24 +11,14 @@ a missing teacher; rec_jax.errors.UserError) ends the run with one line on
 stderr, ``error: <message>``, and exit status 2; a bug keeps its traceback.
 """
 
-import os
 import re
-import sys
 
-# Third-party noise off before those libraries load (each reads these once, at
-# import): transformers' "PyTorch was not found" advice, TensorFlow's C++ logs,
-# and its oneDNN notice, which TF 2.21 prints whatever TF_CPP_MIN_LOG_LEVEL says
-# (TensorFlow only feeds the input pipeline here, integer ops that oneDNN does
-# not touch). A value the user set wins.
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from rec_jax import console, errors  # (these import no third-party library)
 
-from absl import app, flags, logging  # noqa: E402
+console.quiet_third_party()
+
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-
-from rec_jax import console, errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
                                           lock_config=True)
@@ -86,14 +76,7 @@ def _parse_flags(argv):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        # Orbax and TFDS log every save and read at INFO; the job says its own
-        # progress (rec_jax.console). Pass -v 0 (or --verbosity=0) to see everything.
-        logging.set_verbosity(logging.WARNING)
-    # Repo root on the path so `configs.common` imports from config files.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    console.start_absl_main(argv)
     import jax
     if _COORDINATOR.value or _DISTRIBUTED.value:
         if _COORDINATOR.value:

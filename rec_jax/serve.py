@@ -6,16 +6,11 @@ r"""Serve an exported bundle over HTTP (see rec_jax.deploy.service).
 --host defaults to loopback; pass --host=0.0.0.0 to listen on every interface.
 """
 
-import os
+import argparse
 
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from rec_jax import console, errors
 
-import argparse  # noqa: E402
-
-from rec_jax import errors  # noqa: E402
+console.quiet_third_party()
 
 
 def main(argv=None):

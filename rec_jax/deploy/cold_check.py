@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections import defaultdict
 
-from rec_jax import errors
+from rec_jax import console, errors
 from rec_jax.deploy import export, service, trained
 
 
@@ -99,8 +99,7 @@ def main(argv=None):
     parser.add_argument("--bundle", default=None, help="(default: a temporary folder)")
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads (lazily)
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    console.quiet_third_party()  # before TensorFlow loads (lazily)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             out = run(args.workdir, args.model, args.bundle or os.path.join(tmp, "bundle"),
