@@ -265,3 +265,19 @@ def test_an_older_run_config_loads_over_todays_defaults(tmp_path):
     assert config.data.extra_interactions == "" and config.teacher.train.init_from == ""
     with pytest.raises(errors.MissingInputError, match="must be a workdir"):
         trained.run_config(str(tmp_path / "nowhere"))
+
+
+def test_export_refuses_a_model_without_a_finished_checkpoint(tmp_path):
+    """restore_best never trains: no checkpoint (or an unfinished run) is a one-line error."""
+    import ml_collections
+
+    from rec_jax import errors
+    from rec_jax.spec import ModelSpec
+    from rec_jax.train import trainer
+
+    spec = ModelSpec(name="mf_kd", init=None, loss_fn=None, source=None, score_fn=None,
+                     make_query=None)
+    cfg = ml_collections.ConfigDict({"train": {"keep_checkpoints": 2}})
+    with pytest.raises(errors.MissingInputError, match=r"no checkpoint in .*: train 'mf_kd' "
+                                                        r"first \(python -m rec_jax.main\)"):
+        trainer.restore_best(spec, cfg, str(tmp_path / "mf_kd"), seed=0)
