@@ -234,11 +234,14 @@ def selection_users(config, data, name: ModelName):
 
 
 def evaluate_model(name: str, score_fn, make_query, params, side, data, config, folder: str,
-                   ctr_logit_fn=None, spec=None, layout=None) -> dict:
+                   ctr_logit_fn=None, spec=None, layout=None, selection=None) -> dict:
     """Valid and test metrics (+ recs/truth CSVs) for the given (best) params.
 
     With a mesh `layout` and a spec with towers, ranking runs on the
     row-sharded item table (rec_jax.eval.sharded.ShardedEvaluator).
+    `selection`: the validation users the model was selected on (None: all);
+    their metrics go to result["valid_selection"], the number a tuning grid
+    compares (`python -m rec_jax.sweep report --split valid_selection`).
     """
     result = {}
     for part in ("valid", "test"):
@@ -250,6 +253,12 @@ def evaluate_model(name: str, score_fn, make_query, params, side, data, config, 
             metrics.update(ctr_metrics(ctr_logit_fn, make_query, params, side, data, part,
                                        config.data.ctr_threshold))
         result[part] = metrics
+    if selection is None:
+        result["valid_selection"] = dict(result["valid"])
+    else:
+        ev = make_evaluator(data, "valid", config, spec, layout, users=selection)
+        result["valid_selection"], _ = ev.evaluate(score_fn, params, side, make_query,
+                                                   keep_recs=False)
     test = result["test"]
     console.say(f"[{name}] test NDCG@10 {test['ndcg@10']:.4f}  "
                 f"Recall@10 {test['recall@10']:.4f}  "
@@ -268,7 +277,8 @@ def _fit_ease(config, data, side, folder: str) -> dict:
     t0 = time.time()
     train = data.train.dense(np.arange(data.num_users)).astype(np.float32)
     side = dict(side, train_matrix=train)
-    valid_eval = make_evaluator(data, "valid", config)
+    selection = selection_users(config, data, ModelName.parse("ease"))
+    valid_eval = make_evaluator(data, "valid", config, users=selection)
     curve, best = {}, None
     for l2 in (float(x) for x in str(cfg.l2_grid).split(",") if x.strip()):
         params = {"B": ease_lib.ease_weights(train, l2)}
@@ -284,7 +294,7 @@ def _fit_ease(config, data, side, folder: str) -> dict:
     _, l2, params = best
     fit_seconds = time.time() - t0
     result = evaluate_model("ease", ease_lib.EASE.score_all, recipes.user_query, params, side,
-                            data, config, folder)
+                            data, config, folder, selection=selection)
     result["info"] = {"num_params": int(params["B"].size), "train_seconds": fit_seconds,
                       "l2": l2, f"valid_{cfg.select_metric}_by_l2": curve,
                       **serving_timing(config, ease_lib.EASE.score_all, params,
@@ -446,15 +456,15 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn,
     if layout.mesh is not None and spec.item_table_fn is None:
         console.say(f"[{name}] mesh mode: no user/item towers to rank on the sharded table; "
                     "evaluating with the dense evaluator")
-    valid_eval = make_evaluator(data, "valid", config, spec, layout,
-                                users=selection_users(config, data, parsed))
+    selection = selection_users(config, data, parsed)
+    valid_eval = make_evaluator(data, "valid", config, spec, layout, users=selection)
     seed = config.seed
     if parsed.is_teacher and cfg.seed >= 0:
         seed = cfg.seed
     fitted = trainer.fit(spec, cfg, side, folder, valid_eval, seed, config.progress, layout)
     train_seconds = time.time() - t0
     result = evaluate_model(name, spec.score_fn, spec.make_query, fitted.params, side, data,
-                            config, folder, spec.ctr_logit_fn, spec, layout)
+                            config, folder, spec.ctr_logit_fn, spec, layout, selection)
     if parsed.family in ("teacher", "sasrec"):
         # These two read the user's history at test time, validation item
         # included (MF and DeepFM cannot). The same model with the training

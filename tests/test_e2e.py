@@ -54,10 +54,12 @@ def test_main_job_tiny_end_to_end(tmp_path):
     assert set(results) == set(MODELS) | {"ease"}  # EASE: the reference row (no training)
     ease = results["ease"]
     assert 0.0 < ease["test"]["ndcg@10"] <= 1.0 and ease["info"]["l2"] > 0
-    assert ease["valid"]["ndcg@10"] == max(ease["info"]["valid_ndcg@10_by_l2"].values())
+    # λ is chosen on the students' half of the validation users (eval.selection=halves).
+    assert ease["valid_selection"]["ndcg@10"] == max(ease["info"]["valid_ndcg@10_by_l2"].values())
+    assert ease["valid_selection"]["ndcg@10"] != ease["valid"]["ndcg@10"]
     for name in MODELS:
         entry = results[name]
-        assert {"valid", "test", "info"} <= set(entry), name
+        assert {"valid", "valid_selection", "test", "info"} <= set(entry), name
         for part in ("valid", "test"):
             for metric in RANKING:
                 assert 0.0 <= entry[part][metric] <= 1.0, (name, part, metric)

@@ -186,7 +186,9 @@ def test_shipped_grids_expand(path):
                 assert key not in run.overrides
             assert run.args[1] == f"--workdir=/root/{run.name}"
     assert len({r.overrides["seed"] for r in tiny}) <= 2
-    assert len({r.overrides["seed"] for r in full}) == 3
+    # Result grids replicate over 3 seeds; tuning grids declare SEEDS = 1 (their
+    # choice is confirmed over 3 seeds by experiments/main_seeds.py).
+    assert len({r.overrides["seed"] for r in full}) == getattr(module, "SEEDS", 3)
     assert len(SHIPPED_GRIDS) >= 6
 
 

@@ -276,6 +276,8 @@ def test_selection_halves_are_disjoint_seeded_and_cover_the_users(ml100k_ratio):
     from rec_jax import run
     from rec_jax.spec import ModelName
     config = common.base_config()
+    assert config.eval.selection == "halves"  # the fixed protocol's default
+    config.eval.selection = "all"
     assert run.selection_users(config, ml100k_ratio, ModelName.parse("mf_kd")) is None
     config.eval.selection = "halves"
     teacher = run.selection_users(config, ml100k_ratio, ModelName.parse("teacher"))

@@ -69,6 +69,12 @@ def fingerprint(config, source: str = "teacher") -> str:
         key["dtype"] = config.dtype
     if source != "teacher":  # (absent for the teacher: keeps older fingerprints valid)
         key["source"] = source
+    # Which validation users early-stop the teacher, and its CTR labels (each
+    # absent at its old default, which keeps older fingerprints valid).
+    if config.eval.selection != "all":
+        key["selection"] = config.eval.selection
+    if d.ctr_threshold != 4.0:
+        key["data"]["ctr_threshold"] = d.ctr_threshold
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

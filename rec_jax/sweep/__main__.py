@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dest="metrics",
         help="metrics for the table and plots, e.g. ndcg@10 tail/ndcg@10",
     )
-    rep.add_argument("--split", default="test", choices=["test", "valid"])
+    rep.add_argument("--split", default="test", choices=["test", "valid", "valid_selection"])
     args = parser.parse_args(argv)
 
     if args.command == "report":
