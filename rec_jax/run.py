@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
+import hashlib
 import json
 import os
 import platform
@@ -27,12 +29,16 @@ import numpy as np
 from rec_jax import console, errors, recipes
 from rec_jax.data import dataset as dataset_lib
 from rec_jax.data import features, interactions, splits
+from rec_jax.data import kg as kg_lib
+from rec_jax.data import raw
 from rec_jax.data import text as text_lib
 from rec_jax.eval import agreement as agreement_lib
+from rec_jax.eval import ann
 from rec_jax.eval import report
 from rec_jax.eval.evaluator import Evaluator, ctr_metrics
 from rec_jax.eval.sharded import ShardedEvaluator
 from rec_jax.models import bert as bert_lib
+from rec_jax.models import content_knn
 from rec_jax.models import ease as ease_lib
 from rec_jax.models.students import Popularity
 from rec_jax.recipes import artifacts as artifacts_lib
@@ -103,7 +109,23 @@ def needs_text(name: str, config) -> bool:
     name = ModelName.parse(name)
     return ((name.is_teacher and not name.notext)
             or (name.kd and config.distill.teacher_mode == "online")
-            or (name.fusion and config.fusion.source == "text"))
+            or needs_pooled_text(name.name, config))
+
+
+def needs_pooled_text(name: str, config) -> bool:
+    """Whether a model reads the frozen BERT's pooled item vectors (side["item_text"])."""
+    name = ModelName.parse(name)
+    return ((name.fusion and config.fusion.source in ("text", "text+kg"))
+            or name.name == "knn_text")
+
+
+def needs_kg(name: str, config) -> bool:
+    """Whether a model reads the item graph (rec_jax.data.kg)."""
+    name = ModelName.parse(name)
+    return ((name.is_teacher and config.teacher.use_kg)
+            or (name.kd and config.distill.teacher_mode == "online" and config.teacher.use_kg)
+            or (name.fusion and config.fusion.source in ("kg", "text+kg"))
+            or name.name == "knn_kg")
 
 
 def needs_teacher(name: str, config) -> bool:
@@ -138,7 +160,7 @@ def check_teacher_ready(config, workdir: str, selected) -> None:
 
 
 def build_side(config, data, names) -> dict:
-    """Feature tables for every model of the run (text only if someone reads it)."""
+    """Feature tables for every model of the run (text and KG only if someone reads them)."""
     side = features.side_features(data.dataset, data.dataset.item[data.split.train])
     if any(needs_text(n, config) for n in names):
         cfg = config.teacher
@@ -146,12 +168,60 @@ def build_side(config, data, names) -> dict:
         folder = d.prepared or dataset_lib.prepared_dir(d.data_dir, d.variant, d.source_dir or None)
         cache = os.path.join(folder, "text_cache")
         t = time.time()
+        num_layers = recipes.teacher.bert_settings(cfg).num_layers
+        first_layer = first_trainable_layer(cfg)
         side.update(text_tables.text_side(data.dataset, cfg.bert_path or None,
-                                          cfg.item_text_len, cfg.user_text_len,
-                                          first_trainable_layer(cfg),
-                                          recipes.teacher.bert_settings(cfg).num_layers, cache))
+                                          cfg.item_text_len, cfg.user_text_len, first_layer,
+                                          num_layers, cache))
+        if first_layer is not None and any(needs_pooled_text(n, config) for n in names):
+            # Fusion over BERT text and content-KNN read the frozen encoder's
+            # pooled vectors, whatever the teacher fine-tunes.
+            side.update(text_tables.text_side(data.dataset, cfg.bert_path or None,
+                                              cfg.item_text_len, cfg.user_text_len, None,
+                                              num_layers, cache))
         console.say(f"text tables ready ({time.time() - t:.1f} s, cached in {cache})")
+    if any(needs_kg(n, config) for n in names):
+        graph = load_kg(config, data)
+        side.update(item_kg_entity=graph.item_entity, item_kg_relation=graph.item_relation)
     return side
+
+
+def load_kg(config, data) -> kg_lib.ItemGraph:
+    """The item graph of config.data.kg_* (cached beside the prepared data, keyed by
+    the KG files' digest and the settings, so a folder copied to a machine without
+    the raw files still has it)."""
+    d = config.data
+    folder = d.prepared or dataset_lib.prepared_dir(d.data_dir, d.variant, d.source_dir or None)
+    settings = f"min{d.kg_min_items}_max{d.kg_max_entities}"
+    if d.prepared and not d.kg_dir:
+        found = sorted(glob.glob(os.path.join(os.path.expanduser(folder), f"kg_*_{settings}.npz")))
+        if not found:
+            raise errors.MissingInputError(
+                f"config.data.prepared={d.prepared!r} holds no item graph (kg_*_{settings}.npz):"
+                " run once with these settings where the raw files are, then copy the folder")
+        graph = kg_lib.ItemGraph.load(found[0])
+    else:
+        kg_dir = (os.path.expanduser(d.kg_dir) if d.kg_dir
+                  else kg_lib.default_dir(d.variant, d.source_dir or None))
+        kg_lib.find_files(kg_dir)  # (a clear error before hashing a wrong folder)
+        movies = os.path.expanduser(d.kg_link_movies) if d.kg_link_movies else ""
+        key = raw.source_digest(kg_dir) + (f"_{hashlib.sha1(movies.encode()).hexdigest()[:8]}"
+                                           if movies else "")
+        cache = os.path.join(folder, f"kg_{key}_{settings}.npz")
+        ds = data.dataset
+        graph = kg_lib.load(ds.item_ids, kg_dir, cache, d.kg_min_items, d.kg_max_entities,
+                            movies, ds.item_title, ds.item_year)
+    console.say(graph.describe())
+    train = data.split.train
+    lift = kg_lib.alignment(graph, data.dataset.user[train], data.dataset.item[train])
+    console.say(f"knowledge graph alignment: an item and its nearest KG neighbour are "
+                f"co-rated {lift:.2f}x as often as a random pair")
+    if not lift >= 1.2:
+        console.say("WARNING: the item graph says nothing about which items users rate "
+                    "together: its link file probably uses other item ids (RecBole's "
+                    "ml-100k.link is keyed by MovieLens-1M movie ids; give that release's "
+                    "movies.dat as config.data.kg_link_movies to match them by title)")
+    return graph
 
 
 # ---------------------------------------------------------------------------
@@ -201,9 +271,21 @@ def bert_user_text_ms(config, dataset, repeats: int = 20) -> float:
 def make_evaluator(data, part: str, config, spec=None, layout=None, num_recs: int = 20,
                    users=None):
     """The full-ranking evaluator of one part: dense, or on the row-sharded
-    table in mesh mode for models with a user/item tower (MF, SASRec)."""
-    if layout is not None and layout.mesh is not None and spec is not None \
-            and spec.item_table_fn is not None:
+    table in mesh mode for models with a user/item tower (MF, SASRec), or on
+    an ANN index (config.eval.retrieval="ivf...", rec_jax.eval.ann; it takes
+    precedence over mesh mode). Models without towers rank exactly."""
+    retrieval = ann.Retrieval.parse(config.eval.retrieval)
+    towers = spec is not None and spec.item_table_fn is not None
+    if not retrieval.exact:
+        if towers:
+            return ann.AnnEvaluator(data, part, retrieval, spec.user_vectors_fn,
+                                    spec.item_table_fn, config.eval.ks, config.eval.batch_users,
+                                    num_recs, users)
+        if part == "test":  # once per model, not once per validation evaluator
+            who = f"[{spec.name}] " if spec is not None else ""
+            console.say(f"{who}config.eval.retrieval={config.eval.retrieval!r}: a model without "
+                        "user/item towers has nothing to index; ranking exactly")
+    if layout is not None and layout.mesh is not None and towers:
         return ShardedEvaluator(data, part, layout.mesh, spec.user_vectors_fn,
                                 spec.item_table_fn, config.eval.ks, config.eval.batch_users,
                                 num_recs, users)
@@ -302,6 +384,26 @@ def _fit_ease(config, data, side, folder: str) -> dict:
     return result
 
 
+def _fit_content_knn(name, config, data, side, folder: str) -> dict:
+    """A content-KNN baseline (rec_jax.models.content_knn): nothing to fit or select;
+    the item similarity comes from frozen BERT text (knn_text) or KG entities (knn_kg)."""
+    t0 = time.time()
+    if name == "knn_text":
+        content = content_knn.text_vectors(side["item_text"])
+    else:
+        entity = side["item_kg_entity"]
+        content = content_knn.kg_vectors(entity, int(entity.max()) + 1)
+    params = {"S": content_knn.similarity(content)}
+    side = dict(side, train_matrix=data.train.dense(np.arange(data.num_users)).astype(np.float32))
+    result = evaluate_model(name, content_knn.ContentKNN.score_all, recipes.user_query, params,
+                            side, data, config, folder,
+                            selection=selection_users(config, data, ModelName.parse(name)))
+    result["info"] = {"num_params": 0, "train_seconds": time.time() - t0,
+                      **serving_timing(config, content_knn.ContentKNN.score_all, params,
+                                       {"user": np.zeros(1, np.int32)}, side)}
+    return result
+
+
 # ---------------------------------------------------------------------------
 # The teacher's extras and its bundle for students.
 # ---------------------------------------------------------------------------
@@ -368,6 +470,48 @@ def model_folder(name: str, config, workdir: str) -> str:
     return os.path.join(workdir, name)
 
 
+FINETUNE_FROM = ("", "frozen")
+
+
+def frozen_config(config):
+    """The config of the frozen-encoder teacher a fine-tuned one starts from: the same
+    teacher with teacher.freeze="encoder" and no finetune_from."""
+    import copy
+    frozen = copy.deepcopy(config)
+    with frozen.unlocked():
+        frozen.teacher.freeze = "encoder"
+        frozen.teacher.finetune_from = ""
+    return frozen
+
+
+def frozen_teacher_params(config, workdir: str, name: str) -> str:
+    """params.msgpack of the frozen-encoder twin of teacher `name` (config.teacher.
+    finetune_from="frozen": train the heads over cached BERT outputs first, then
+    fine-tune the top layers from there, which a CPU can afford).
+
+    The twin lives in the teacher cache (config.teacher.cache_dir) under its own
+    fingerprint; it must have finished.
+    """
+    cfg = config.teacher
+    if cfg.finetune_from not in FINETUNE_FROM:
+        raise errors.ConfigError(f"config.teacher.finetune_from={cfg.finetune_from!r}: use "
+                                 f"one of {FINETUNE_FROM}")
+    if cfg.freeze == "encoder":
+        raise errors.ConfigError("config.teacher.finetune_from='frozen' fine-tunes BERT layers: "
+                                 "set config.teacher.freeze to top:K or none")
+    if not cfg.cache_dir:
+        raise errors.ConfigError("config.teacher.finetune_from='frozen' finds the frozen-encoder "
+                                 "teacher in the teacher cache: set config.teacher.cache_dir "
+                                 "(e.g. workdir/teacher_cache) for both runs")
+    path = os.path.join(model_folder(name, frozen_config(config), workdir), "params.msgpack")
+    if not os.path.exists(path):
+        raise errors.MissingInputError(
+            f"config.teacher.finetune_from='frozen': the frozen-encoder teacher is not trained "
+            f"({path} is missing). Train it first: the same command with "
+            "--config.teacher.freeze=encoder --config.teacher.finetune_from=''")
+    return path
+
+
 def teacher_arrays(config, workdir: str, source: str = "teacher") -> dict:
     """A KD source's artifacts (for KD, transfer and fusion, whatever the KD mode)."""
     return artifacts_lib.load(
@@ -391,7 +535,8 @@ def teacher_params(config, workdir: str, source: str = "teacher") -> dict:
         return flax.serialization.msgpack_restore(f.read())
 
 
-def teacher_bundle(config, data, workdir: str, source: str = "teacher") -> kd_lib.TeacherBundle:
+def teacher_bundle(config, data, workdir: str, source: str = "teacher",
+                   side: dict | None = None) -> kd_lib.TeacherBundle:
     """A KD source as students reach it: artifacts (cached) or params (online)."""
     cfg = config.teacher
     mode = config.distill.teacher_mode
@@ -401,7 +546,8 @@ def teacher_bundle(config, data, workdir: str, source: str = "teacher") -> kd_li
         return kd_lib.TeacherBundle(mode, int(arrays["item_vec"].shape[1]), history_len,
                                     float(arrays["temperature"]), artifacts=arrays)
     params = teacher_params(config, workdir, source)
-    module = recipes.teacher_module(cfg, data, source, dtype=jax.numpy.dtype(config.dtype))
+    module = recipes.teacher_module(cfg, data, source, dtype=jax.numpy.dtype(config.dtype),
+                                    side=side)
     return kd_lib.TeacherBundle(mode, cfg.dim, history_len, cfg.temperature, module=module,
                                 params=params)
 
@@ -439,6 +585,10 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn,
         result = _fit_ease(config, data, side, folder)
         _write_json(results_path, result)
         return result
+    if name in ("knn_text", "knn_kg"):
+        result = _fit_content_knn(name, config, data, side, folder)
+        _write_json(results_path, result)
+        return result
 
     parsed = ModelName.parse(name)
     source = parsed.source
@@ -450,6 +600,10 @@ def run_model(name: str, config, data, side, workdir: str, bundle_fn,
     if cfg.train.init_from:
         spec = recipes.warm_start(spec, os.path.expanduser(cfg.train.init_from),
                                   student_only=parsed.kd)
+    if parsed.is_teacher and cfg.finetune_from:
+        spec = recipes.warm_start(spec, frozen_teacher_params(config, workdir, name),
+                                  student_only=False, keep_missing=("text",),
+                                  key="config.teacher.finetune_from")
     # Mesh mode covers the students (their item tables shard by rows); the
     # teacher, whose item vectors come out of BERT, trains with pmap.
     layout = parallel.make_layout(config, name, data.num_items, can_mesh=not parsed.is_teacher)
@@ -571,7 +725,7 @@ def run(config, workdir: str, stage: str = "all") -> dict:
 
     def bundle_fn(source):  # Loaded once, on the first student that needs it.
         if source not in bundles:
-            bundles[source] = teacher_bundle(config, data, workdir, source)
+            bundles[source] = teacher_bundle(config, data, workdir, source, side)
         return bundles[source]
 
     sources = {ModelName.parse(n).source for n in selected if needs_teacher(n, config)}

@@ -16,7 +16,9 @@ import jax.numpy as jnp
 
 FAMILIES = ("mf", "sasrec", "deepfm", "teacher")
 VARIANTS = ("kd", "transfer", "fusion", "textonly", "notext")
-BASELINES = ("pop", "ease")  # fitted without gradient steps
+# Fitted without gradient steps: popularity, EASE, and the content-KNN cold-start
+# baselines (cosine to the user's items over frozen BERT text / KG entity TF-IDF).
+BASELINES = ("pop", "ease", "knn_text", "knn_kg")
 # Models a `_kd` student may distil from (`mf_kd@sasrec`): the teacher's
 # variants, and plain SASRec as a teacher that knows no language.
 KD_SOURCES = ("teacher", "teacher_textonly", "teacher_notext", "sasrec")
@@ -39,7 +41,7 @@ class ModelName:
 
     Attributes:
       name: the name as written (the output folder and results key).
-      family: "mf", "sasrec", "deepfm", "teacher", "pop" or "ease".
+      family: "mf", "sasrec", "deepfm", "teacher", or a baseline's name (BASELINES).
       kd, transfer, fusion: the student variants it asks for.
       textonly: the teacher without ID embeddings; notext: without item and
         profile text (IDs and history only).

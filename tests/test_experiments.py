@@ -449,3 +449,32 @@ def test_report_kd_gains_carry_a_paired_test_over_users_and_seeds(tmp_path):
     gains = (root / "summary.md").read_text().split("Relative test ndcg@10 gain")[1]
     row = _table_row(gains, "mf")
     assert row[3] == "—" and row[4] == "—"
+
+
+def test_report_compares_two_models_per_metric_pooled_over_seeds(tmp_path):
+    """--compare A:B: A is better on tail users only (by 0.1 on each of them); the
+    pooled test finds the tail gain and no gain on all users is claimed wrongly."""
+    root = tmp_path / "grid"
+    rng = np.random.default_rng(1)
+    users = np.array([str(u) for u in range(300)])
+    for seed in (0, 1, 2):
+        base = rng.random(300) * 0.5
+        tail = np.where(np.arange(300) % 2 == 0, rng.random(300) * 0.2, np.nan)
+        per_model = {"mf_kd": (base + rng.normal(0, 0.01, 300), tail + 0.1),
+                     "mf_kd@teacher_notext": (base, tail)}
+        results = {m: {"test": {"ndcg@10": float(np.mean(a)), "tail/ndcg@10": float(np.nanmean(t))}}
+                   for m, (a, t) in per_model.items()}
+        _write_run(root, f"s{seed}", {"seed": seed}, results)
+        for model, (a, t) in per_model.items():
+            (root / f"s{seed}" / model).mkdir()
+            np.savez(root / f"s{seed}" / model / "per_user_test.npz", user_id=users,
+                     **{"ndcg@10": a, "tail/ndcg@10": t})
+    report.report(root, compare=["mf_kd:mf_kd@teacher_notext"])
+    text = (root / "summary.md").read_text().split("Comparisons (test")[1]
+    tail_row = _table_row(text, "mf_kd", "mf_kd@teacher_notext", "tail/ndcg@10")
+    assert tail_row[3] == "3" and tail_row[7] == "<1e-4" and tail_row[8] == "<1e-4"
+    assert tail_row[6].startswith("+")
+    all_row = _table_row(text, "mf_kd", "mf_kd@teacher_notext", "ndcg@10")
+    assert float(all_row[8]) > 0.01  # noise only: no significant difference
+    with pytest.raises(ValueError, match="MODEL_A:MODEL_B"):
+        report.report(root, compare=["mf_kd"])

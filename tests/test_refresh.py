@@ -158,6 +158,7 @@ def test_an_unset_warm_start_keeps_teacher_fingerprints():
 
     config = ml100k_distill.get_config()
     config.eval.selection = "all"  # the protocol of that teacher (selection keyed since)
+    config.teacher.train.patience = 10  # (its patience then)
     assert artifacts.fingerprint(config) == "a988d40b411ec9a8"
     config.teacher.train.init_from = "elsewhere/params.msgpack"
     assert artifacts.fingerprint(config) != "a988d40b411ec9a8"

@@ -15,6 +15,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import common
@@ -354,3 +355,59 @@ def test_text_tower_params_form_the_encoder_optimizer_group(ml100k_ratio):
     # The `encoder` strategy has no text params, hence no groups.
     config.teacher.freeze = "encoder"
     assert recipes.model_spec("teacher", config, ml100k_ratio, {}).label_fn is None
+
+
+def test_a_top1_step_changes_only_the_top_layer_and_the_heads():
+    """freeze=top:1 over cached hidden states: the layers below are not params at all
+    (their outputs are side tables that stay as they are), and one Adam step moves
+    the top layer and every head."""
+    settings = bert_lib.BertSettings(vocab_size=30, hidden_size=H, num_layers=2, num_heads=2,
+                                     intermediate_size=16, max_position_embeddings=8)
+    side = _side()
+    rng = np.random.default_rng(0)
+    for kind, n in (("item", I), ("user", U)):
+        side[f"{kind}_hidden"] = rng.normal(size=(n, 3, H)).astype(np.float32)
+        side[f"{kind}_tokens"] = {"attention_mask": np.ones((n, 3), np.int32)}
+    cached = {k: np.array(side[f"{k}_hidden"]) for k in ("item", "user")}
+    module = _teacher(bert_settings=settings, text_first_layer=1, dropout=0.0)
+    params = module.init(jax.random.PRNGKey(0), _batch(), side)["params"]
+    flat = flax.traverse_util.flatten_dict(params)
+    bert_paths = {p for p in flat if p[:2] == ("text", "bert")}
+    # Only the top layer (index 1) of the 2-layer BERT exists: no embeddings, no layer 0.
+    assert bert_paths and all("1" in "/".join(p[2:4]) for p in bert_paths), sorted(bert_paths)
+    assert not any("embed" in "/".join(p) for p in bert_paths)
+
+    def loss(p):
+        out = module.apply({"params": p}, _batch(), side)
+        return out["logits"].mean() + out["ctr_logit"].mean() + out["genre_logits"].mean()
+    tx = optim.make_optimizer(common.base_config().teacher.optim, 10, params,
+                              lambda path: "encoder" if path[0] == "text" else "heads")
+    updates, _ = tx.update(jax.grad(loss)(params), tx.init(params), params)
+    new = flax.traverse_util.flatten_dict(optax.apply_updates(params, updates))
+    moved = {p for p in flat if not np.allclose(new[p], flat[p])}
+    assert bert_paths <= moved  # the top layer trains
+    for head in ("item_text_proj", "user_text_proj", "ctr_hidden", "ctr_out", "genre_head",
+                 "history"):
+        assert any(p[0] == head for p in moved), head
+    for k in ("item", "user"):  # the cached lower-layer outputs are inputs, untouched
+        np.testing.assert_array_equal(side[f"{k}_hidden"], cached[k])
+
+
+def test_a_warm_start_may_leave_named_groups_at_their_own_init(tmp_path):
+    """finetune_from='frozen': the frozen teacher's file has no "text" tower; that group
+    keeps its (pretrained) init, every other param comes from the file, and a file
+    missing any other group is refused."""
+    from rec_jax.spec import ModelSpec
+    init = {"heads": {"w": np.zeros((2, 3), np.float32)},
+            "text": {"bert": {"k": np.full((4,), 7.0, np.float32)}}}
+    spec = ModelSpec(name="teacher", init=lambda rng: init, loss_fn=None, source=None,
+                     score_fn=None, make_query=None)
+    path = tmp_path / "params.msgpack"
+    path.write_bytes(flax.serialization.msgpack_serialize(
+        {"heads": {"w": np.ones((2, 3), np.float32)}}))
+    out = recipes.warm_start(spec, str(path), student_only=False, keep_missing=("text",),
+                             key="config.teacher.finetune_from").init(None)
+    np.testing.assert_array_equal(out["heads"]["w"], 1.0)
+    np.testing.assert_array_equal(out["text"]["bert"]["k"], 7.0)
+    with pytest.raises(ValueError, match=r"train.init_from=.*\[.text.\]"):
+        recipes.warm_start(spec, str(path), student_only=False).init(None)

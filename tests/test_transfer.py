@@ -222,9 +222,11 @@ def test_item_fusion_inductive(mode):
     id_emb = np.random.default_rng(5).normal(size=(NI, 4)).astype(np.float32)
     fusion = ItemFusion(4, mode)
     params = fusion.init(jax.random.PRNGKey(0), id_emb, None, side)["params"]
-    fused = np.asarray(fusion.apply({"params": params}, id_emb, None, side))
+    fused, uses_id = fusion.apply({"params": params}, id_emb, None, side)
+    fused = np.asarray(fused)
     projected = _projected(params, side["fusion_text"])
     seen = side["item_seen"]
+    np.testing.assert_array_equal(uses_id, seen)
     np.testing.assert_allclose(fused[~seen], projected[~seen], rtol=1e-4, atol=1e-5)
     if mode == "add":
         np.testing.assert_allclose(fused[seen], id_emb[seen] + projected[seen], rtol=1e-4,
@@ -232,14 +234,73 @@ def test_item_fusion_inductive(mode):
     assert np.all(np.abs(fused[seen] - projected[seen]).max(-1) > 1e-3)
     # Gathering by ids gives the same rows as the whole table.
     ids = np.array([[3, 0], [8, 5]])
-    gathered = fusion.apply({"params": params}, id_emb[ids], ids, side)
+    gathered, gathered_uses = fusion.apply({"params": params}, id_emb[ids], ids, side)
     np.testing.assert_allclose(gathered, fused[ids], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(gathered_uses, seen[ids])
     # Without `inductive`, unseen items mix in their ID embedding too.
-    mixed = np.asarray(ItemFusion(4, mode, inductive=False).apply({"params": params}, id_emb,
-                                                                  None, side))
-    assert np.all(np.abs(mixed[~seen] - projected[~seen]).max(-1) > 1e-3)
+    mixed, none = ItemFusion(4, mode, inductive=False).apply({"params": params}, id_emb,
+                                                             None, side)
+    assert none is None
+    assert np.all(np.abs(np.asarray(mixed)[~seen] - projected[~seen]).max(-1) > 1e-3)
     with pytest.raises(ValueError, match="config.fusion.mode"):
         ItemFusion(4, "concat").init(jax.random.PRNGKey(0), id_emb, None, side)
+
+
+def test_id_dropout_trains_the_content_path_alone_on_a_random_share():
+    side = _fusion_side()
+    ni = 400
+    side = {"fusion_text": np.random.default_rng(1).normal(size=(ni, 6)).astype(np.float32),
+            "item_seen": np.arange(ni) % 4 != 0}
+    id_emb = np.random.default_rng(5).normal(size=(ni, 4)).astype(np.float32)
+    fusion = ItemFusion(4, "add", id_dropout=0.3)
+    params = fusion.init(jax.random.PRNGKey(0), id_emb, None, side)["params"]
+    # Evaluation (deterministic): exactly the inductive rule.
+    fused, uses = fusion.apply({"params": params}, id_emb, None, side)
+    np.testing.assert_array_equal(uses, side["item_seen"])
+    # Training: unseen items never use their ID; about 30% of seen ones drop it.
+    train, uses = fusion.apply({"params": params}, id_emb, None, side, False,
+                               rngs={"dropout": jax.random.PRNGKey(3)})
+    uses = np.asarray(uses)
+    assert not uses[~side["item_seen"]].any()
+    dropped = 1 - uses[side["item_seen"]].mean()
+    assert 0.22 < dropped < 0.38, dropped
+    projected = _projected(params, side["fusion_text"])
+    np.testing.assert_allclose(np.asarray(train)[~uses], projected[~uses], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(train)[uses], np.asarray(fused)[uses], rtol=1e-5)
+    # A different step key drops a different share.
+    _, other = fusion.apply({"params": params}, id_emb, None, side, False,
+                            rngs={"dropout": jax.random.PRNGKey(4)})
+    assert (np.asarray(other) != uses).any()
+
+
+def test_kg_content_path_scores_an_unseen_item_from_shared_entities():
+    from rec_jax.models.kg import KGItemEncoder
+    # Items 0 and 1 share entity 0 (same relation); item 2 shares nothing; item 3 has none.
+    entity = np.array([[0, 1], [0, -1], [2, -1], [-1, -1]], np.int32)
+    relation = np.array([[0, 1], [0, -1], [1, -1], [-1, -1]], np.int32)
+    side = {"item_kg_entity": entity, "item_kg_relation": relation,
+            "item_seen": np.array([True, False, True, True])}
+    enc = KGItemEncoder(3, 2, 4)
+    params = enc.init(jax.random.PRNGKey(0), entity, relation)["params"]
+    table = np.asarray(params["entity_embedding"])
+    weight = np.asarray(params["relation_weight"])
+    out = np.asarray(enc.apply({"params": params}, entity, relation))
+    np.testing.assert_allclose(out[0], (weight[0] * table[0] + weight[1] * table[1]) / np.sqrt(2),
+                               rtol=1e-5)
+    np.testing.assert_allclose(out[1], weight[0] * table[0], rtol=1e-5)
+    np.testing.assert_array_equal(out[3], 0.0)  # no entity: zero vector
+    # In a fusion layer, the unseen item 1 is its KG vector alone: entity 0's
+    # embedding, trained through item 0.
+    id_emb = np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)
+    fusion = ItemFusion(4, "add", content="kg", kg_sizes=(3, 2))
+    fparams = fusion.init(jax.random.PRNGKey(0), id_emb, None, side)["params"]
+    fused, _ = fusion.apply({"params": fparams}, id_emb, None, side)
+    kg_out = KGItemEncoder(3, 2, 4).apply({"params": fparams["kg"]}, entity, relation)
+    np.testing.assert_allclose(np.asarray(fused)[1], np.asarray(kg_out)[1], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(fused)[0], id_emb[0] + np.asarray(kg_out)[0], rtol=1e-5)
+    assert "text_proj" not in fparams
+    with pytest.raises(ValueError, match="content"):
+        ItemFusion(4, "add", content="image").init(jax.random.PRNGKey(0), id_emb, None, side)
 
 
 def _mf_scores(module, params, side):

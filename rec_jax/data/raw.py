@@ -165,7 +165,8 @@ def read(source_dir: str) -> RawMovieLens:
 # ---------------------------------------------------------------------------
 
 
-def _split(path, lineno, line, sep, fields):
+def split_fields(path, lineno, line, sep, fields):
+    """A separated line as its fields, or a DataFormatError naming the field."""
     parts = line.split(sep)
     if len(parts) != len(fields):
         # Name the first field left without a value (too few columns), or the
@@ -194,14 +195,15 @@ def _rating(path, lineno, field, value):
     return rating
 
 
-def _token(path, lineno, field, value):
+def token(path, lineno, field, value):
+    """A non-empty id field (stripped), or a DataFormatError."""
     value = value.strip()
     if not value:
         raise DataFormatError(path, lineno, field, "empty id")
     return value
 
 
-def _lines(path, encoding="utf-8"):
+def lines(path, encoding="utf-8"):
     """Yields (1-based line number, stripped line), skipping blank lines."""
     if not os.path.exists(path):
         raise errors.MissingInputError(f"missing MovieLens file: {path}")
@@ -215,7 +217,8 @@ def _lines(path, encoding="utf-8"):
 _YEAR_IN_TITLE = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
 
 
-def _title_and_year(title):
+def title_and_year(title):
+    """'Title (1995)' -> ('Title', 1995); no year -> (title, 0)."""
     match = _YEAR_IN_TITLE.match(title)
     if match:
         return match.group(1).strip(), int(match.group(2))
@@ -227,9 +230,12 @@ def _title_and_year(title):
 # ---------------------------------------------------------------------------
 
 
-def _atomic_rows(path, required):
-    """Parses a RecBole atomic file: a typed header, then tab-separated rows."""
-    rows = _lines(path)
+def atomic_rows(path, required):
+    """Parses a RecBole atomic file: a typed header, then tab-separated rows.
+
+    Yields (line number, {column: value}); `required` columns must be in the header.
+    """
+    rows = lines(path)
     try:
         _, header = next(rows)
     except StopIteration:
@@ -239,7 +245,7 @@ def _atomic_rows(path, required):
     if missing:
         raise DataFormatError(path, 1, missing[0], f"header lacks column(s) {missing}: {header!r}")
     for lineno, line in rows:
-        parts = _split(path, lineno, line, "\t", names)
+        parts = split_fields(path, lineno, line, "\t", names)
         yield lineno, dict(zip(names, parts))
 
 
@@ -253,23 +259,23 @@ def _atomic_file(source_dir, suffix):
 def _read_atomic(source_dir):
     path = _atomic_file(source_dir, ".inter")
     interactions = Interactions([], [], [], [], [])
-    for n, r in _atomic_rows(path, ("user_id", "item_id", "rating", "timestamp")):
-        interactions.append(n, _token(path, n, "user_id", r["user_id"]),
-                            _token(path, n, "item_id", r["item_id"]),
+    for n, r in atomic_rows(path, ("user_id", "item_id", "rating", "timestamp")):
+        interactions.append(n, token(path, n, "user_id", r["user_id"]),
+                            token(path, n, "item_id", r["item_id"]),
                             _rating(path, n, "rating", r["rating"]),
                             _timestamp(path, n, "timestamp", r["timestamp"]))
     item_path = _atomic_file(source_dir, ".item")
     items = []
-    for n, r in _atomic_rows(item_path, ("item_id", "movie_title", "class")):
+    for n, r in atomic_rows(item_path, ("item_id", "movie_title", "class")):
         items.append(Item(
-            n, _token(item_path, n, "item_id", r["item_id"]), r["movie_title"].strip(),
+            n, token(item_path, n, "item_id", r["item_id"]), r["movie_title"].strip(),
             _year(item_path, n, r.get("release_year", "")),
             _genres(item_path, n, "class", r["class"].split())))
     user_path = _atomic_file(source_dir, ".user")
     users = [
-        User(n, _token(user_path, n, "user_id", r["user_id"]), _int(user_path, n, "age", r["age"]),
+        User(n, token(user_path, n, "user_id", r["user_id"]), _int(user_path, n, "age", r["age"]),
              r["gender"].strip(), r["occupation"].strip(), r.get("zip_code", "").strip())
-        for n, r in _atomic_rows(user_path, ("user_id", "age", "gender", "occupation"))]
+        for n, r in atomic_rows(user_path, ("user_id", "age", "gender", "occupation"))]
     return (path, interactions), (item_path, items), (user_path, users)
 
 
@@ -307,9 +313,9 @@ def _read_ratings(path, sep, item_field):
     """Ratings in GroupLens layouts: user, item, rating, timestamp."""
     fields = ("user_id", item_field, "rating", "timestamp")
     interactions = Interactions([], [], [], [], [])
-    for n, line in _lines(path, "latin-1"):
-        u, i, r, t = _split(path, n, line, sep, fields)
-        interactions.append(n, _token(path, n, "user_id", u), _token(path, n, item_field, i),
+    for n, line in lines(path, "latin-1"):
+        u, i, r, t = split_fields(path, n, line, sep, fields)
+        interactions.append(n, token(path, n, "user_id", u), token(path, n, item_field, i),
                             _rating(path, n, "rating", r), _int(path, n, "timestamp", t))
     return path, interactions
 
@@ -325,9 +331,9 @@ def _read_grouplens_100k(source_dir):
     fields = ("movie_id", "movie_title", "release_date", "video_release_date",
               "imdb_url") + tuple(f"genre_{g}" for g in GENRES_100K)
     items = []
-    for n, line in _lines(item_path, "latin-1"):
-        parts = _split(item_path, n, line, "|", fields)
-        title, year = _title_and_year(parts[1])
+    for n, line in lines(item_path, "latin-1"):
+        parts = split_fields(item_path, n, line, "|", fields)
+        title, year = title_and_year(parts[1])
         date = parts[2].strip()
         if not year and date:
             year = _year(item_path, n, date[-4:])
@@ -336,13 +342,13 @@ def _read_grouplens_100k(source_dir):
             if flag not in ("0", "1"):
                 raise DataFormatError(item_path, n, f"genre_{g}", f"expected 0 or 1, found {flag!r}")
         genres = tuple(g for g, flag in zip(GENRES_100K, flags) if flag == "1")
-        items.append(Item(n, _token(item_path, n, "movie_id", parts[0]), title, year, genres))
+        items.append(Item(n, token(item_path, n, "movie_id", parts[0]), title, year, genres))
     user_path = os.path.join(source_dir, "u.user")
     fields = ("user_id", "age", "gender", "occupation", "zip_code")
     users = []
-    for n, line in _lines(user_path, "latin-1"):
-        u, age, gender, occ, zip_code = _split(user_path, n, line, "|", fields)
-        users.append(User(n, _token(user_path, n, "user_id", u), _int(user_path, n, "age", age),
+    for n, line in lines(user_path, "latin-1"):
+        u, age, gender, occ, zip_code = split_fields(user_path, n, line, "|", fields)
+        users.append(User(n, token(user_path, n, "user_id", u), _int(user_path, n, "age", age),
                           gender.strip(), occ.strip(), zip_code.strip()))
     return ratings, (item_path, items), (user_path, users)
 
@@ -357,21 +363,21 @@ def _read_grouplens_1m(source_dir):
     item_path = os.path.join(source_dir, "movies.dat")
     fields = ("movie_id", "title", "genres")
     items = []
-    for n, line in _lines(item_path, "latin-1"):
-        i, title, genres = _split(item_path, n, line, "::", fields)
-        title, year = _title_and_year(title)
+    for n, line in lines(item_path, "latin-1"):
+        i, title, genres = split_fields(item_path, n, line, "::", fields)
+        title, year = title_and_year(title)
         names = [g for g in genres.split("|") if g and g != "(no genres listed)"]
-        items.append(Item(n, _token(item_path, n, "movie_id", i), title, year,
+        items.append(Item(n, token(item_path, n, "movie_id", i), title, year,
                           _genres(item_path, n, "genres", names)))
     user_path = os.path.join(source_dir, "users.dat")
     fields = ("user_id", "gender", "age", "occupation", "zip_code")
     users = []
-    for n, line in _lines(user_path, "latin-1"):
-        u, gender, age, occ, zip_code = _split(user_path, n, line, "::", fields)
+    for n, line in lines(user_path, "latin-1"):
+        u, gender, age, occ, zip_code = split_fields(user_path, n, line, "::", fields)
         code = _int(user_path, n, "occupation", occ)
         if not 0 <= code < len(OCCUPATIONS_1M):
             raise DataFormatError(user_path, n, "occupation", f"unknown occupation code {code}")
-        users.append(User(n, _token(user_path, n, "user_id", u), _int(user_path, n, "age", age),
+        users.append(User(n, token(user_path, n, "user_id", u), _int(user_path, n, "age", age),
                           gender.strip(), OCCUPATIONS_1M[code], zip_code.strip()))
     return ratings, (item_path, items), (user_path, users)
 

@@ -112,6 +112,12 @@ def load(workdir: str, name: str) -> Student:
     if parsed.is_teacher or parsed.family not in ("mf", "sasrec", "deepfm"):
         raise errors.ConfigError(f"--model={name!r}: export serves students (mf, sasrec, "
                                  "deepfm and their _kd/_transfer/_fusion variants)")
+    if parsed.fusion and config.fusion.source in ("kg", "text+kg"):
+        # A new item would need its entities in the graph, and the bundle carries
+        # no graph: only text-fused students take new items at serving.
+        raise errors.ConfigError(f"--model={name!r} fuses knowledge-graph entities "
+                                 f"(config.fusion.source={config.fusion.source!r}); export "
+                                 "serves text-fused or unfused students")
     names = run_lib.model_names(config)
     if name not in names:
         raise errors.ConfigError(f"--model={name!r} is not a model of the job in {workdir} "

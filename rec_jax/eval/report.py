@@ -57,7 +57,7 @@ def markdown_table(results: dict, title: str | None = None) -> str:
     lines.append("|---|---|" + "---|" * len(cols))
     for name, r in results.items():
         kd = ("yes" if "_kd" in name
-              else ("—" if name.startswith(("teacher", "pop", "ease")) else "no"))
+              else ("—" if name.startswith(("teacher", "pop", "ease", "knn_")) else "no"))
         cells = [_fmt(r.get(split, {}).get(key), key) for _, split, key in cols]
         lines.append(f"| {name} | {kd} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -86,8 +86,10 @@ def paired_table(folders: dict[str, str], results: dict, metrics=("ndcg@10", "ta
             return None
 
     plain = [n for n in results if "_kd" not in n and not n.startswith("teacher")]
-    best = max(plain, key=lambda n: results[n].get("valid", {}).get("ndcg@10", -1.0),
-               default=None)
+    # On the users the non-teacher models were selected on (eval.selection); the
+    # whole validation set in runs from before that existed.
+    best = max(plain, key=lambda n: results[n].get("valid_selection", results[n].get(
+        "valid", {})).get("ndcg@10", -1.0), default=None)
     rows = []
     for name in results:
         if "_kd" not in name:

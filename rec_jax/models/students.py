@@ -13,10 +13,12 @@ age, occupation, and teacher vectors when present) that enters every jitted
 function as an argument rather than as a baked-in constant.
 
 Each student takes ``fusion`` ("none" | "add" | "gated") and ``inductive``:
-with fusion on, its item ID embeddings are fused with projected teacher item
-vectors (rec_jax.distill.fusion), which lets it score never-seen items;
-``shared_text_dim`` > 0 starts that text path with a copy of the teacher's
-text projection (``config.transfer.share``).
+with fusion on, its item ID embeddings are fused with a content path
+(rec_jax.models.fusion: projected teacher or BERT vectors, the item's
+knowledge-graph entities, or both: ``fusion_content``, ``kg_sizes``), which
+lets it score never-seen items; ``id_dropout`` trains that path alone on a
+random share of items; ``shared_text_dim`` > 0 starts the text path with a
+copy of the teacher's text projection (``config.transfer.share``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ from rec_jax.models.layers import SequenceEncoder
 # Xavier-normal embeddings (what RecBole uses): small, fan-scaled weights;
 # an N(0, 0.1) init reached test NDCG@10 0.2527 against RecBole BPR's 0.2931 on ml-100k ratio.
 _embed_init = nn.initializers.xavier_normal()
+
+
+def _fusion_layer(student, dim: int) -> ItemFusion:
+    """The ItemFusion of a student module, from the student's fusion attributes."""
+    return ItemFusion(dim, student.fusion, student.inductive, student.shared_text_dim,
+                      student.fusion_content, student.kg_sizes, student.id_dropout)
 
 
 class Popularity:
@@ -61,35 +69,47 @@ class MF(nn.Module):
     inductive: bool = True
     shared_text_dim: int = 0
     dtype: Any = jnp.float32
+    fusion_content: str = "text"
+    kg_sizes: tuple = (0, 0)
+    id_dropout: float = 0.0
 
     def setup(self):
         self.user_embed = nn.Embed(self.num_users, self.embed_dim, embedding_init=_embed_init)
         self.item_embed = nn.Embed(self.num_items, self.embed_dim, embedding_init=_embed_init)
         self.item_bias = self.param("item_bias", nn.initializers.zeros, (self.num_items,))
         if self.fusion != "none":
-            self.fuse = ItemFusion(self.embed_dim, self.fusion, self.inductive,
-                                   self.shared_text_dim)
+            self.fuse = _fusion_layer(self, self.embed_dim)
 
     def user_vectors(self, query, side, deterministic=True):
         del side, deterministic
         return self.user_embed(query["user"])
 
-    def item_vectors(self, side):
-        """[num_items, d]: ID embeddings, fused with teacher vectors when enabled."""
+    def item_table(self, side, deterministic=True):
+        """(items [num_items, d], bias [num_items]) with one draw of the ID dropout.
+
+        Fused items that do not use their ID embedding (never seen in training,
+        with inductive fusion; or dropped in this training step) have no bias
+        either: it was never trained up for them.
+        """
         if self.fusion == "none":
-            return self.item_embed.embedding
-        return self.fuse(self.item_embed.embedding, None, side)
+            return self.item_embed.embedding, self.item_bias
+        items, uses_id = self.fuse(self.item_embed.embedding, None, side, deterministic)
+        bias = self.item_bias if uses_id is None else jnp.where(uses_id, self.item_bias, 0.0)
+        return items, bias
+
+    def item_vectors(self, side):
+        """[num_items, d]: ID embeddings, fused with the content path when enabled."""
+        return self.item_table(side)[0]
 
     def bias(self, side):
         """[num_items]; zero for never-seen items in inductive fusion (never trained up)."""
-        if self.fusion != "none" and self.inductive:
-            return jnp.where(side["item_seen"], self.item_bias, 0.0)
-        return self.item_bias
+        return self.item_table(side)[1]
 
     def score_all(self, query, side, deterministic=True):
         u = self.user_vectors(query, side, deterministic).astype(self.dtype)
-        scores = u @ self.item_vectors(side).astype(self.dtype).T
-        return scores.astype(jnp.float32) + self.bias(side)
+        items, bias = self.item_table(side)
+        scores = u @ items.astype(self.dtype).T
+        return scores.astype(jnp.float32) + bias
 
     def __call__(self, batch, side, deterministic=True):
         """Scores the batch's positive and negative items.
@@ -101,8 +121,7 @@ class MF(nn.Module):
           "score" [B], "neg_score" [B, n], "user_emb" [B, d], "item_emb" [B, d].
         """
         u = self.user_vectors(batch, side, deterministic)
-        items = self.item_vectors(side)
-        bias = self.bias(side)
+        items, bias = self.item_table(side, deterministic)
         pos, neg = items[batch["item"]], items[batch["negatives"]]
         # Products in the compute dtype, accumulated and returned in float32.
         lo = lambda x: x.astype(self.dtype)
@@ -137,6 +156,9 @@ class SASRec(nn.Module):
     fusion: str = "none"
     inductive: bool = True
     shared_text_dim: int = 0
+    fusion_content: str = "text"
+    kg_sizes: tuple = (0, 0)
+    id_dropout: float = 0.0
 
     def setup(self):
         self.item_embed = nn.Embed(self.num_items, self.embed_dim,
@@ -144,17 +166,17 @@ class SASRec(nn.Module):
         self.encoder = SequenceEncoder(self.embed_dim, self.num_layers, self.num_heads,
                                        self.dropout, self.max_len, self.dtype)
         if self.fusion != "none":
-            self.fuse = ItemFusion(self.embed_dim, self.fusion, self.inductive,
-                                   self.shared_text_dim)
+            self.fuse = _fusion_layer(self, self.embed_dim)
 
-    def item_vectors(self, side):
+    def item_vectors(self, side, deterministic=True):
         """[num_items, d] shared input/output item table (fused when enabled)."""
         if self.fusion == "none":
             return self.item_embed.embedding
-        return self.fuse(self.item_embed.embedding, None, side)
+        return self.fuse(self.item_embed.embedding, None, side, deterministic)[0]
 
     def user_vectors(self, query, side, deterministic=True):
-        return self.encoder(self.item_vectors(side), query["inputs"], deterministic)[:, -1]
+        return self.encoder(self.item_vectors(side, deterministic), query["inputs"],
+                            deterministic)[:, -1]
 
     def score_all(self, query, side, deterministic=True):
         return self.user_vectors(query, side, deterministic) @ self.item_vectors(side).T
@@ -169,7 +191,7 @@ class SASRec(nn.Module):
           "logits" [B, L, num_items], "user_emb" [B, d] (last position),
           "item_emb" [num_items, d].
         """
-        items = self.item_vectors(side)
+        items = self.item_vectors(side, deterministic)
         states = self.encoder(items, batch["inputs"], deterministic)
         logits = jnp.dot(states.astype(self.dtype), items.astype(self.dtype).T,
                          preferred_element_type=jnp.float32)
@@ -203,6 +225,9 @@ class DeepFM(nn.Module):
     inductive: bool = True
     shared_text_dim: int = 0
     dtype: Any = jnp.float32
+    fusion_content: str = "text"
+    kg_sizes: tuple = (0, 0)
+    id_dropout: float = 0.0
 
     USER_FIELDS = ("user_age", "user_gender", "user_occupation")
     ITEM_FIELDS = ("item_year",)
@@ -229,13 +254,18 @@ class DeepFM(nn.Module):
         self.mlp_out = nn.Dense(1, dtype=self.dtype)
         self.drop = nn.Dropout(self.dropout)
         if self.fusion != "none":
-            self.fuse = ItemFusion(d, self.fusion, self.inductive, self.shared_text_dim)
+            self.fuse = _fusion_layer(self, d)
+
+    def _item_id_field(self, items, side, deterministic=True):
+        """([..., d] item field, [...] bool uses its ID or None): the ID embedding, fused
+        with the content path when enabled."""
+        if self.fusion == "none":
+            return self.item_embed(items), None
+        return self.fuse(self.item_embed(items), items, side, deterministic)
 
     def item_id_vectors(self, items, side):
-        """[..., d] the item field: ID embedding, fused with teacher vectors when enabled."""
-        if self.fusion == "none":
-            return self.item_embed(items)
-        return self.fuse(self.item_embed(items), items, side)
+        """[..., d] the item field: ID embedding, fused with the content path when enabled."""
+        return self._item_id_field(items, side)[0]
 
     def _user_fields(self, users, side):
         """[B, F_u, d] field embeddings and [B] first-order sum of a user."""
@@ -244,16 +274,16 @@ class DeepFM(nn.Module):
             self.linear[f](side[f][users])[..., 0] for f in self.USER_FIELDS)
         return jnp.stack(vecs, axis=-2), first
 
-    def _item_fields(self, items, side):
+    def _item_fields(self, items, side, deterministic=True):
         """[N, F_i, d] field embeddings and [N] first-order sum of items."""
         genres = side["item_genres"][items]
         genre_vec = genres @ self.genre_embed.embedding / jnp.maximum(
             genres.sum(-1, keepdims=True), 1.0)
-        vecs = [self.item_id_vectors(items, side), genre_vec] + [
-            self.embed[f](side[f][items]) for f in self.ITEM_FIELDS]
+        id_field, uses_id = self._item_id_field(items, side, deterministic)
+        vecs = [id_field, genre_vec] + [self.embed[f](side[f][items]) for f in self.ITEM_FIELDS]
         item_first = self.item_linear(items)[..., 0]
-        if self.fusion != "none" and self.inductive:
-            item_first = jnp.where(side["item_seen"][items], item_first, 0.0)
+        if uses_id is not None:  # (never-seen or ID-dropped items: no trained ID weight)
+            item_first = jnp.where(uses_id, item_first, 0.0)
         first = (item_first + self.genre_linear(genres)[..., 0]
                  + sum(self.linear[f](side[f][items])[..., 0] for f in self.ITEM_FIELDS))
         return jnp.stack(vecs, axis=-2), first
@@ -282,13 +312,13 @@ class DeepFM(nn.Module):
     def pair_logits(self, users, items, side, deterministic=True):
         """[B] logits of (users[b], items[b])."""
         uf, ufirst = self._user_fields(users, side)
-        vf, vfirst = self._item_fields(items, side)
+        vf, vfirst = self._item_fields(items, side, deterministic)
         return self._logit(uf, ufirst, vf, vfirst, deterministic)
 
     def candidate_logits(self, users, items, side, deterministic=True):
         """[B, C] logits of each user against their own candidate items [B, C]."""
         uf, ufirst = self._user_fields(users, side)
-        vf, vfirst = self._item_fields(items, side)
+        vf, vfirst = self._item_fields(items, side, deterministic)
         return self._logit(uf[:, None], ufirst[:, None], vf, vfirst, deterministic)
 
     def score_all(self, query, side, deterministic=True):
@@ -306,9 +336,9 @@ class DeepFM(nn.Module):
         """
         users, items, negs = batch["user"], batch["item"], batch["negatives"]
         uf, ufirst = self._user_fields(users, side)
-        vf, vfirst = self._item_fields(items, side)
+        vf, vfirst = self._item_fields(items, side, deterministic)
         logit = self._logit(uf, ufirst, vf, vfirst, deterministic)
-        nf, nfirst = self._item_fields(negs, side)
+        nf, nfirst = self._item_fields(negs, side, deterministic)
         neg = self._logit(uf[:, None], ufirst[:, None], nf, nfirst, deterministic)
         return {"ctr_logit": logit, "score": logit, "neg_logit": neg,
                 "user_emb": uf[:, 0], "item_emb": vf[:, 0]}

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from rec_jax import errors
 from rec_jax.models import bert as bert_lib
+from rec_jax.models.kg import KGItemEncoder
 from rec_jax.models.layers import ProfileEncoder, SequenceEncoder
 
 USER_TOWERS = ("causal", "profile")
@@ -96,6 +97,10 @@ class Teacher(nn.Module):
       max_len: history window of the causal tower (its position table).
       num_layers, num_heads, dropout, ffn_mult: the history transformer.
       user_tower: "causal" (next-item) or "profile" (bag of items, one state).
+      kg_sizes: (num_entities, num_relations) of a knowledge-graph item view
+        (rec_jax.models.kg) added to the item vectors; (0, 0): none.
+      kg_scale: a fixed factor on the KG vectors (as text_scale for text).
+      id_dropout: share of items made content-only in each training step.
       text_scale: a fixed factor on both text projections' outputs. Below 1
         it starts the text paths small and slows them under Adam by the same
         factor, so that the ID embeddings, not the shared text map, carry the
@@ -127,6 +132,13 @@ class Teacher(nn.Module):
     ffn_mult: int = 2
     user_tower: str = "causal"
     text_scale: float = 1.0
+    kg_sizes: tuple = (0, 0)
+    kg_scale: float = 1.0
+    id_dropout: float = 0.0
+
+    @property
+    def use_kg(self) -> bool:
+        return self.kg_sizes[0] > 0
 
     def setup(self):
         if not (self.use_ids or self.use_text):
@@ -137,6 +149,8 @@ class Teacher(nn.Module):
             self.user_text_proj = nn.Sequential([nn.LayerNorm(), nn.Dense(self.dim)])
             if self.text_first_layer is not None:
                 self.text = TextTower(self.bert_settings, self.text_first_layer, self.dtype)
+        if self.use_kg:
+            self.kg = KGItemEncoder(self.kg_sizes[0], self.kg_sizes[1], self.dim)
         if self.use_ids:
             init = nn.initializers.normal(0.02)
             self.item_id = nn.Embed(self.num_items, self.dim, embedding_init=init)
@@ -173,18 +187,41 @@ class Teacher(nn.Module):
                           "attention_mask": side[f"{kind}_tokens"]["attention_mask"]},
                          deterministic)
 
-    def item_vectors(self, side, deterministic: bool = True):
-        """[num_items, dim]: projected item text (+ item ID embedding)."""
+    def uses_id(self, side, deterministic: bool = True):
+        """[num_items] bool: items whose ID embedding (and bias) count, or None (all).
+
+        With content (text or KG), items without training interactions are
+        content-only: their ID embedding was never trained on a positive
+        (inductive cold start). With `id_dropout`, a random share of items is
+        content-only in each training step too, so the content path learns to
+        rank items by itself, which is all a never-seen item has.
+        """
+        if not self.use_ids or not (self.use_text or self.use_kg):
+            return None
+        uses = side["item_seen"]
+        if self.id_dropout > 0.0 and not deterministic:
+            uses = uses & jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.id_dropout,
+                                               uses.shape)
+        return uses
+
+    def item_vectors(self, side, deterministic: bool = True, uses_id=None):
+        """[num_items, dim]: projected item text (+ KG vector) (+ item ID embedding).
+
+        uses_id: the mask from :meth:`uses_id` (drawn once per forward pass, so the
+        bias sees the same one); None draws it here.
+        """
+        if uses_id is None:
+            uses_id = self.uses_id(side, deterministic)
         v = 0.0
         if self.use_text:
             v = self.text_scale * self.item_text_proj(self._text_vectors(side, "item",
                                                                          deterministic))
+        if self.use_kg:
+            v = v + self.kg_scale * self.kg(side["item_kg_entity"], side["item_kg_relation"])
         if self.use_ids:
             ids = self.item_id.embedding
-            if self.use_text:
-                # Items without training interactions are text-only: their ID
-                # embedding was never trained on a positive (inductive cold start).
-                ids = jnp.where(side["item_seen"][:, None], ids, 0.0)
+            if uses_id is not None:
+                ids = jnp.where(uses_id[:, None], ids, 0.0)
             v = v + ids
         return v
 
@@ -207,10 +244,12 @@ class Teacher(nn.Module):
         states = self.history(table, query["inputs"], deterministic)
         return states + self.user_static(query["user"], side, deterministic)[:, None]
 
-    def bias(self, side):
+    def bias(self, side, uses_id=None):
         if not self.use_ids:
             return jnp.zeros((self.num_items,))
-        return jnp.where(side["item_seen"], self.item_bias, 0.0) if self.use_text else self.item_bias
+        if uses_id is None:
+            uses_id = self.uses_id(side)
+        return self.item_bias if uses_id is None else jnp.where(uses_id, self.item_bias, 0.0)
 
     # -- heads ----------------------------------------------------------------
 
@@ -244,9 +283,10 @@ class Teacher(nn.Module):
           is the target), "ctr_logit": [B, T], "genre_logits": [num_items, G],
           "user_emb": [B, dim] (last position), "item_emb": [num_items, dim].
         """
-        items = self.item_vectors(side, deterministic)
+        uses_id = self.uses_id(side, deterministic)
+        items = self.item_vectors(side, deterministic, uses_id)
         states = self.user_states(batch, items, side, deterministic)
-        bias = self.bias(side)
+        bias = self.bias(side, uses_id)
         targets = jnp.where(batch["targets"] >= 0, batch["targets"], 0)
         target_vecs = items[targets]
         if sampled is None:

@@ -59,7 +59,8 @@ def model_config(config, name: str | ModelName):
 def model_spec(name: str | ModelName, config, data: SplitData, side: dict) -> ModelSpec:
     """The model trained on its own task only (the `_kd` suffix is ignored here).
 
-    A `_fusion` student reads side["fusion_text"] (see :func:`build`).
+    A `_fusion` student reads side["fusion_text"] (see :func:`build`) and / or the
+    item graph (side["item_kg_entity"], side["item_kg_relation"]).
     """
     name = name if isinstance(name, ModelName) else ModelName.parse(name)
     if name.family == "pop":
@@ -76,7 +77,7 @@ def build(name: str | ModelName, config, data: SplitData, side: dict,
     needs_teacher = name.kd or name.transfer or name.fusion
     if needs_teacher and teacher is None:
         raise ValueError(f"model {name.name!r} needs the trained teacher")
-    if name.fusion:
+    if name.fusion and config.fusion.source in ("teacher", "text", "text+kg"):
         vectors = (teacher.arrays()["item_vec"] if config.fusion.source == "teacher"
                    else side["item_text"])
         side = dict(side, fusion_text=vectors)
@@ -94,14 +95,19 @@ def build(name: str | ModelName, config, data: SplitData, side: dict,
     return spec, side
 
 
-def warm_start(spec: ModelSpec, path: str, student_only: bool) -> ModelSpec:
+def warm_start(spec: ModelSpec, path: str, student_only: bool,
+               keep_missing: tuple[str, ...] = (), key: str = "train.init_from") -> ModelSpec:
     """`spec` starting from the params in `path` (a params.msgpack a finished run wrote).
 
     student_only: the file holds a student's own params and the spec is its
     `_kd` form ({"student": ..., KD heads}); the heads start fresh.
+    keep_missing: top-level param groups the file may lack, which keep their
+      own init (a frozen-encoder teacher has no "text" tower; the fine-tuned
+      one starts that tower from the pretrained BERT).
+    key: the config key that named the file (for errors).
     """
     if not os.path.exists(path):
-        raise errors.MissingInputError(f"train.init_from={path!r}: no such file (a finished "
+        raise errors.MissingInputError(f"{key}={path!r}: no such file (a finished "
                                        "run writes <workdir>/<model>/params.msgpack)")
     with open(path, "rb") as f:
         loaded = flax.serialization.msgpack_restore(f.read())
@@ -114,12 +120,17 @@ def warm_start(spec: ModelSpec, path: str, student_only: bool) -> ModelSpec:
                 for k, v in jax.tree_util.tree_leaves_with_path(target)}
         have = {jax.tree_util.keystr(k): np.shape(v)
                 for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
-        for key in sorted(set(want) | set(have)):
-            if want.get(key) != have.get(key):
+        kept = tuple(jax.tree_util.keystr((jax.tree_util.DictKey(g),)) for g in keep_missing)
+        for name in sorted(set(want) | set(have)):
+            if name not in have and name.startswith(kept):
+                continue
+            if want.get(name) != have.get(name):
                 raise errors.ConfigError(
-                    f"train.init_from={path!r}: param {key} is {have.get(key)} there but "
-                    f"{want.get(key)} in {spec.name!r} (another model or size?)")
-        new = jax.tree.map(lambda a, b: np.asarray(b, np.asarray(a).dtype), target, loaded)
+                    f"{key}={path!r}: param {name} is {have.get(name)} there but "
+                    f"{want.get(name)} in {spec.name!r} (another model or size?)")
+        new = {g: v for g, v in target.items() if g in keep_missing and g not in loaded}
+        new.update(jax.tree.map(lambda a, b: np.asarray(b, np.asarray(a).dtype),
+                                {g: target[g] for g in loaded}, loaded))
         return dict(params, student=new) if student_only else new
     return dataclasses.replace(spec, init=init)
 

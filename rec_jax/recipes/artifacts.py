@@ -55,12 +55,20 @@ def fingerprint(config, source: str = "teacher") -> str:
         teacher = config.model[source].to_dict()
         if not teacher["train"].get("init_from"):
             teacher["train"].pop("init_from", None)
+    # Keys added after teachers were cached stay out while at their defaults
+    # (keeps older fingerprints valid); the KG settings count when it is used.
+    for key, default in (("use_kg", False), ("kg_scale", 1.0), ("id_dropout", 0.0),
+                         ("finetune_from", "")):
+        if key in teacher and teacher[key] == default:
+            teacher.pop(key)
     seeded_split = d.split != "loo_time" or d.train_fraction < 1.0 or d.tie_order == "random"
     key = {"teacher": teacher, "split_seed": config.seed if seeded_split else None,
            "data": {k: d[k] for k in ("variant", "source_dir", "split", "cold_fraction",
                                       "train_fraction")}}
     if d.split == "window":
         key["data"]["window"] = [d.window_edges, d.window]
+    if teacher.get("use_kg"):
+        key["data"]["kg"] = [d.kg_dir, d.kg_min_items, d.kg_max_entities]
     if d.extra_interactions:  # (the log's path; a rewritten log needs a fresh workdir)
         key["data"]["extra_interactions"] = d.extra_interactions
     if d.tie_order != "item_id":  # (absent for the old order: keeps its fingerprints valid)

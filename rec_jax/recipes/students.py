@@ -51,7 +51,7 @@ def shared_text_dim(config, name: ModelName) -> int:
     return int(config.teacher.dim)
 
 
-def module_args(name: ModelName, config) -> dict:
+def module_args(name: ModelName, config, side: dict | None = None) -> dict:
     """Module kwargs from the run config: compute dtype, and fusion for `_fusion` models
     (with the width of the teacher projection it shares, if config.transfer.share)."""
     args = {"dtype": jnp.dtype(config.dtype)}
@@ -62,8 +62,38 @@ def module_args(name: ModelName, config) -> dict:
     if mode == "none":
         raise errors.ConfigError(
             f"model {name.name!r} asks for fusion but config.fusion.mode is 'none'")
+    content = fusion_content(config)
     args = dict(args, fusion=mode, inductive=bool(config.fusion.inductive))
+    if content != "text":
+        args["fusion_content"] = content
+    if "kg" in content:
+        args["kg_sizes"] = kg_sizes(side or {})
+    if config.fusion.id_dropout:
+        args["id_dropout"] = float(config.fusion.id_dropout)
     return dict(args, shared_text_dim=shared) if shared else args
+
+
+FUSION_SOURCES = ("teacher", "text", "kg", "text+kg")
+
+
+def fusion_content(config) -> str:
+    """What a `_fusion` student's content path reads, from config.fusion.source:
+    "text" (the teacher's item vectors or frozen BERT text vectors, as side
+    "fusion_text"), "kg" (its own knowledge-graph encoder) or "text+kg"."""
+    source = config.fusion.source
+    if source not in FUSION_SOURCES:
+        raise errors.ConfigError(f"config.fusion.source={source!r}: use one of {FUSION_SOURCES}")
+    return {"teacher": "text", "text": "text"}.get(source, source)
+
+
+def kg_sizes(side: dict) -> tuple[int, int]:
+    """(num_entities, num_relations) of the item graph in the side tables (host arrays;
+    codes are contiguous from 0, so the largest code + 1 is the table size)."""
+    if "item_kg_entity" not in side:
+        raise errors.ConfigError("a knowledge-graph model needs the item graph "
+                                 "(side table item_kg_entity); the job reads it when a model "
+                                 "asks for it (config.teacher.use_kg, config.fusion.source)")
+    return (int(np.max(side["item_kg_entity"])) + 1, int(np.max(side["item_kg_relation"])) + 1)
 
 
 def negative_sampler(data: SplitData, train_cfg) -> NegativeSampler:
@@ -139,7 +169,7 @@ MF_LOSSES = ("bpr", "softmax")
 def mf_spec(name: ModelName, config, data: SplitData, side: dict) -> ModelSpec:
     """Matrix factorisation with BPR (one sampled negative per positive) or a
     softmax over the whole catalogue (config.model.mf.loss)."""
-    cfg, module_kw = config.model.mf, module_args(name, config)
+    cfg, module_kw = config.model.mf, module_args(name, config, side)
     if cfg.loss not in MF_LOSSES:
         raise errors.ConfigError(f"config.model.mf.loss={cfg.loss!r}: use one of {MF_LOSSES}")
     module = students.MF(data.num_users, data.num_items, cfg.embed_dim, **module_kw)
@@ -189,7 +219,7 @@ def mf_spec(name: ModelName, config, data: SplitData, side: dict) -> ModelSpec:
 
 def sasrec_spec(name: ModelName, config, data: SplitData, side: dict) -> ModelSpec:
     """SASRec with full-softmax cross-entropy over all items."""
-    cfg, module_kw = config.model.sasrec, module_args(name, config)
+    cfg, module_kw = config.model.sasrec, module_args(name, config, side)
     module = students.SASRec(data.num_items, cfg.embed_dim, cfg.max_len, cfg.num_layers,
                              cfg.num_heads, cfg.dropout, **module_kw)
     source = SequenceSource(data, cfg.max_len)
@@ -235,7 +265,7 @@ def deepfm_spec(name: ModelName, config, data: SplitData, side: dict) -> ModelSp
     positive (config.model.deepfm.label="implicit": the task the ranking metrics
     score) or as a CTR model ("rating": positive when rating >=
     config.data.ctr_threshold, the task AUC / LogLoss score)."""
-    cfg, module_kw = config.model.deepfm, module_args(name, config)
+    cfg, module_kw = config.model.deepfm, module_args(name, config, side)
     if cfg.label not in DEEPFM_LABELS:
         raise errors.ConfigError(f"config.model.deepfm.label={cfg.label!r}: use one of {DEEPFM_LABELS}")
     vocab = tuple(sorted(features_lib.vocab_sizes(side).items()))

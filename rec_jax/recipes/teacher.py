@@ -13,7 +13,7 @@ from rec_jax.data.sources import ProfileSource, SequenceSource
 from rec_jax.distill import objectives
 from rec_jax.models import bert as bert_lib
 from rec_jax.models import teacher as teacher_lib
-from rec_jax.recipes.students import history_query, init_from, plain_loss
+from rec_jax.recipes.students import history_query, init_from, kg_sizes, plain_loss
 from rec_jax.spec import ModelName, ModelSpec
 
 
@@ -56,7 +56,7 @@ def teacher_history_len(cfg, data: SplitData) -> int:
 
 def teacher_module(cfg, data: SplitData, name: str = "teacher",
                    settings: bert_lib.BertSettings | None = None,
-                   dtype=jnp.float32) -> teacher_lib.Teacher:
+                   dtype=jnp.float32, side: dict | None = None) -> teacher_lib.Teacher:
     """The Teacher module of config.teacher (`teacher_textonly`: no ID embeddings;
     `teacher_notext`: no text, the same architecture and budget otherwise)."""
     settings = settings or bert_settings(cfg)
@@ -68,7 +68,15 @@ def teacher_module(cfg, data: SplitData, name: str = "teacher",
         temperature=cfg.temperature,
         bert_settings=settings,
         text_first_layer=teacher_lib.parse_freeze(cfg.freeze, settings.num_layers),
-        dtype=dtype, ffn_mult=cfg.ffn_mult, **teacher_tower_args(cfg, data))
+        dtype=dtype, ffn_mult=cfg.ffn_mult, id_dropout=float(cfg.id_dropout),
+        **kg_args(cfg, side), **teacher_tower_args(cfg, data))
+
+
+def kg_args(cfg, side: dict | None) -> dict:
+    """The teacher's knowledge-graph view (config.teacher.use_kg) as module kwargs."""
+    if not cfg.use_kg:
+        return {}
+    return dict(kg_sizes=kg_sizes(side or {}), kg_scale=float(cfg.kg_scale))
 
 
 def teacher_spec(name: ModelName, config, data: SplitData, side: dict) -> ModelSpec:
@@ -76,7 +84,7 @@ def teacher_spec(name: ModelName, config, data: SplitData, side: dict) -> ModelS
     cfg, dtype, ctr_threshold = config.teacher, jnp.dtype(config.dtype), config.data.ctr_threshold
     settings = bert_settings(cfg)
     first_layer = teacher_lib.parse_freeze(cfg.freeze, settings.num_layers)
-    module = teacher_module(cfg, data, name.name, settings, dtype)
+    module = teacher_module(cfg, data, name.name, settings, dtype, side)
     if module.user_tower == "profile":
         source = ProfileSource(data, cfg.profile_len, cfg.profile_holdout, cfg.profile_targets)
     else:

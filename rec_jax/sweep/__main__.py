@@ -53,10 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="metrics for the table and plots, e.g. ndcg@10 tail/ndcg@10",
     )
     rep.add_argument("--split", default="test", choices=["test", "valid", "valid_selection"])
+    rep.add_argument("--compare", action="extend", nargs="+", default=[],
+                     help="model pairs A:B to test against each other, pooled over runs "
+                          "(e.g. mf_kd:mf_kd@teacher_notext)")
+    rep.add_argument("--compare_metric", action="extend", nargs="+", dest="compare_metrics",
+                     help="metrics of --compare (default ndcg@10 tail/ndcg@10)")
     args = parser.parse_args(argv)
 
     if args.command == "report":
-        return 0 if report(args.root, args.out, args.metrics, args.split) is not None else 1
+        return 0 if report(args.root, args.out, args.metrics, args.split, args.compare,
+                           args.compare_metrics or ("ndcg@10", "tail/ndcg@10")) is not None else 1
     if args.emit:
         return write_tpu_vm_script(
             args.grid,

@@ -44,6 +44,8 @@ def report(
     out: str | os.PathLike | None = None,
     metrics: Sequence[str] | None = None,
     split: str = "test",
+    compare: Sequence[str] = (),
+    compare_metrics: Sequence[str] = ("ndcg@10", "tail/ndcg@10"),
 ) -> str | None:
     """Aggregates a grid's results into summary.csv, summary.md and plots/*.png.
 
@@ -53,6 +55,10 @@ def report(
       metrics: table columns and plotted metrics; default: DEFAULT_METRICS that
         are present (table), ndcg@10 and auc (plots).
       split: which split the table and plots show ("test" or "valid").
+      compare: "A:B" model pairs to test against each other (e.g.
+        "mf_kd:mf_kd@teacher_notext"), in every run that has both: mean ± std of
+        each, the relative gain of A, and a paired test over users pooled over
+        the runs, for each of compare_metrics.
 
     Returns:
       The Markdown table, or None when no results were found.
@@ -90,14 +96,61 @@ def report(
     if pending:
         md += [f"Runs without results ({len(pending)}): " + ", ".join(pending), ""]
     gains = _kd_gains(runs, axes, values, split)
-    (out / "summary.md").write_text("\n".join(md + [table, ""] + ([gains, ""] if gains else [])))
+    pairs = _comparisons(runs, axes, values, split, compare, compare_metrics) if compare else None
+    extra = [x for x in (gains, pairs) if x]
+    (out / "summary.md").write_text("\n".join(md + [table, ""] + [y for x in extra
+                                                                  for y in (x, "")]))
 
     plot_metrics = [m for m in (metrics or ("ndcg@10", "auc")) if present(m)]
     write_plots(out / "plots", values, axes, short, rows, plot_metrics, split)
     print(table)
-    if gains:
-        print("\n" + gains)
+    for x in extra:
+        print("\n" + x)
     return table
+
+
+def _comparisons(runs, axes, values, split, compare, metrics) -> str:
+    """Markdown: model A against model B in the runs that have both, per metric.
+
+    A relative gain is of the means over runs; the p-values pair each user's
+    metric under A and B within a run, every run's users pooled (users without
+    an item in a segment drop out of that segment's test).
+    """
+    lines = [f"Comparisons ({split}; p: paired over users, pooled over runs):", "",
+             "| " + " | ".join([*("/".join(a) for a in axes), "A", "B", "metric", "n", "A",
+                               "B", "gain of A", "p (t)", "p (Wilcoxon)"]) + " |",
+             "|" + "---|" * (len(axes) + 9)]
+    for spec in compare:
+        a, sep, b = spec.partition(":")
+        if not sep or not a or not b:
+            raise ValueError(f"--compare {spec!r}: write it as MODEL_A:MODEL_B")
+        groups: dict[tuple, list[int]] = {}
+        for i, run in enumerate(runs):
+            if a in run.models and b in run.models:
+                groups.setdefault(setting(values[i], axes), []).append(i)
+        if not groups:
+            lines.append(f"| {' | '.join([''] * len(axes))}{' | ' if axes else ''}{a} | {b} | "
+                         "(no run has both) | | | | | | |")
+            continue
+        for key, members in groups.items():
+            for metric in metrics:
+                xa = [metric_value(runs[i].models[a], metric, split) for i in members]
+                xb = [metric_value(runs[i].models[b], metric, split) for i in members]
+                if any(x is None for x in xa + xb):
+                    continue
+                (ma, sa), (mb, sb) = mean_std(xa), mean_std(xb)
+                found = [_per_user_pair(runs[i], a, b, split) for i in members]
+                p_t = p_w = float("nan")
+                if all(f is not None for f in found):
+                    test = significance.pooled_test(found, metric)
+                    p_t, p_w = test["p_t"], test["p_wilcoxon"]
+                gain = f"{100 * (ma / mb - 1):+.1f}%" if mb else "—"
+                cell = lambda m, sd: _fmt(m) + ("" if sd is None else f" ± {_fmt(sd)}")
+                lines.append("| " + " | ".join([*key, a, b, metric, str(len(members)),
+                                                cell(ma, sa), cell(mb, sb), gain,
+                                                significance.format_p(p_t),
+                                                significance.format_p(p_w)]) + " |")
+    return "\n".join(lines)
 
 
 def _write_csv(
