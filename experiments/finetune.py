@@ -15,7 +15,8 @@ afford (and it is the linear-probe-then-fine-tune recipe).
 Runs, per split and seed (all teachers share the cache, so the frozen twin is
 trained once and reused):
 
-* `teacher.freeze=encoder`: teacher, teacher_textonly (no IDs), mf_kd
+* `teacher.freeze=encoder`: teacher, teacher_textonly (no IDs), mf_kd, and the
+  reference rows EASE, knn_text and MF
 * `teacher.freeze=top:1`, `top:2`: teacher, teacher_textonly, mf_kd
 
   python -m rec_jax.sweep run experiments/finetune.py --root=workdir/finetune
@@ -36,7 +37,10 @@ FINETUNE_EPOCHS = 30.0
 def get_grid(arg=None):
     tiny = sweep.is_tiny(arg)
     models = {"models": "teacher,teacher_textonly,mf_kd"}
-    frozen = [dict(models, **{"teacher.freeze": "encoder"})]
+    # The frozen runs carry the reference rows too (closed-form / cheap): EASE,
+    # content-KNN over BERT text (the cold-start bar), plain MF.
+    frozen = [{"models": "ease,knn_text,mf,teacher,teacher_textonly,mf_kd",
+               "teacher.freeze": "encoder"}]
     tuned = [dict(models, **{"teacher.freeze": f"top:{k}", "teacher.finetune_from": "frozen",
                              "teacher.train.epochs": 1.0 if tiny else FINETUNE_EPOCHS})
              for k in ((1,) if tiny else (1, 2))]
