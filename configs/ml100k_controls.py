@@ -29,6 +29,7 @@ def get_config(arg: str | None = None):
     # artifacts when it finishes).
     config.models = ",".join(["ease", "teacher", "teacher_notext", "teacher_textonly", "sasrec"]
                              + [s for s in students if s != "sasrec"])
+    common.tuned_loo_time(config)  # (what experiments/tune_students.py chose)
     if common.is_tiny(arg):
         common.shrink(config)
     return config

@@ -17,6 +17,7 @@ def get_config(arg: str | None = None):
     config.students = "mf,sasrec,deepfm"
     config.variants = "plain,kd"  # teacher, mf, mf_kd, sasrec, sasrec_kd, deepfm, deepfm_kd
     config.data.split = "loo_time"
+    common.tuned_loo_time(config)  # (what experiments/tune_students.py chose)
     if common.is_tiny(arg):
         common.shrink(config)
     return config

@@ -411,3 +411,27 @@ def test_a_warm_start_may_leave_named_groups_at_their_own_init(tmp_path):
     np.testing.assert_array_equal(out["text"]["bert"]["k"], 7.0)
     with pytest.raises(ValueError, match=r"train.init_from=.*\[.text.\]"):
         recipes.warm_start(spec, str(path), student_only=False).init(None)
+
+
+def test_length_buckets_give_the_padded_towers_output():
+    """A top:K tower over distinct texts in length buckets pools to the same vectors as
+    over every text padded to the full window (padding is masked everywhere)."""
+    settings = bert_lib.BertSettings(vocab_size=30, hidden_size=H, num_layers=2, num_heads=2,
+                                     intermediate_size=16, max_position_embeddings=40)
+    rng = np.random.default_rng(3)
+    texts = ["a b", "c d e", "a b", "f " * 15, "g", "c d e", "h " * 30]
+    lengths = {t: len(t.split()) for t in texts}
+    window = 32
+    mask = np.array([[1] * min(lengths[t], window) + [0] * (window - min(lengths[t], window))
+                     for t in texts], np.int32)
+    distinct = {t: rng.normal(size=(window, H)).astype(np.float32) for t in set(texts)}
+    hidden = np.stack([distinct[t] for t in texts])
+    tower = teacher_lib.TextTower(settings, 1)
+    plain = {"hidden": hidden, "attention_mask": mask}
+    params = tower.init(jax.random.PRNGKey(0), plain, True)
+    expected = tower.apply(params, plain, True)
+    bucketed = text_tables.length_buckets(texts, hidden, mask)
+    assert [b["hidden"].shape[1] for b in bucketed["buckets"]] == [8, 16, 32]
+    assert sum(len(b["hidden"]) for b in bucketed["buckets"]) == 5  # distinct texts
+    np.testing.assert_allclose(tower.apply(params, bucketed, True), expected, rtol=1e-5,
+                               atol=1e-5)

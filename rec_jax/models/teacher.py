@@ -24,8 +24,10 @@ Where the BERT runs depends on the freezing strategy:
 * ``encoder``: BERT is frozen; its pooled outputs are computed once and
   arrive as side tables ``item_text`` / ``user_text`` (fast on a CPU);
 * ``top:K``: the bottom N-K layers are frozen and cached (side tables
-  ``item_hidden`` / ``user_hidden`` hold their outputs); the top K layers
-  are parameters of this module and fine-tune;
+  ``item_text_buckets`` / ``user_text_buckets`` hold their outputs per
+  distinct text, grouped by length; ``item_hidden`` / ``user_hidden`` padded
+  arrays work too, as the exporter feeds them); the top K layers are
+  parameters of this module and fine-tune;
 * ``none``: the whole BERT (embeddings included) fine-tunes from token ids
   (side tables ``item_tokens`` / ``user_tokens``); the GPU configuration.
 """
@@ -77,7 +79,18 @@ class TextTower(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: dict, deterministic: bool):
+        """[n, H] pooled vectors of token ids (first_layer 0), of cached hidden states
+        ({"hidden", "attention_mask"}), or of cached states in length buckets
+        ({"buckets", "unsort", "index"}, rec_jax.recipes.text_tables.length_buckets)."""
         model = bert_lib.BertModel(self.settings, dtype=self.dtype, name="bert")
+        if "buckets" in inputs:
+            pooled = jnp.concatenate([
+                bert_lib.mean_pool(model.encode(b["hidden"].astype(self.dtype),
+                                                b["attention_mask"], self.first_layer, None,
+                                                deterministic=deterministic),
+                                   b["attention_mask"])
+                for b in inputs["buckets"]])
+            return pooled[inputs["unsort"]][inputs["index"]]
         mask = inputs["attention_mask"]
         if self.first_layer == 0:
             hidden = model.embed(inputs["input_ids"], inputs["token_type_ids"],
@@ -183,6 +196,8 @@ class Teacher(nn.Module):
             return side[f"{kind}_text"]
         if self.text_first_layer == 0:
             return self.text(side[f"{kind}_tokens"], deterministic)
+        if f"{kind}_text_buckets" in side:
+            return self.text(side[f"{kind}_text_buckets"], deterministic)
         return self.text({"hidden": side[f"{kind}_hidden"],
                           "attention_mask": side[f"{kind}_tokens"]["attention_mask"]},
                          deterministic)
