@@ -157,6 +157,8 @@ def test_an_unset_warm_start_keeps_teacher_fingerprints():
     from rec_jax.recipes import artifacts
 
     config = ml100k_distill.get_config()
+    # The fixed protocol's seed-0 teacher (halves, patience 20): tuned and cached once.
+    assert artifacts.fingerprint(config) == "acc9b3379317e790"
     config.eval.selection = "all"  # the protocol of that teacher (selection keyed since)
     config.teacher.train.patience = 10  # (its patience then)
     assert artifacts.fingerprint(config) == "a988d40b411ec9a8"
