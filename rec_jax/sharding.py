@@ -8,6 +8,9 @@ Two layouts share these helpers:
   (:func:`make_mesh`); arrays whose first dimension is the catalogue size are
   row-sharded over "model" (:func:`partition_spec`), everything else is
   replicated, and batch rows are split over "data" (:func:`batch_sharding`).
+  With several processes (hosts) the mesh spans all of them; each process
+  places only the shards its own devices hold (:func:`place`,
+  :func:`process_rows`), without any cross-host transfer.
 
 Imports nothing of rec_jax, so data, eval and train can all use it.
 """
@@ -87,3 +90,52 @@ def device_sharding() -> NamedSharding:
     """The sharding of a [local_devices, ...] array that pmap consumes as is."""
     mesh = Mesh(np.array(jax.local_devices()), (BATCH,))
     return NamedSharding(mesh, P(BATCH))
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """Lays a host pytree out as global arrays with `shardings`, no cross-host traffic.
+
+    Every process passes the same host values (e.g. params initialised from
+    the same seed, tables read from the same files) and puts only the slices
+    its own devices hold. ``jax.device_put`` would do the same but first
+    checks, with an all-gather of every array, that the processes agree;
+    for a catalogue-sized table that gather is what mesh mode avoids.
+
+    Args:
+      tree: host arrays (numpy, scalars, or single-device jax.Arrays); a leaf
+        already laid over several devices is kept (with its target sharding)
+        or resharded on device.
+      shardings: a tree of Shardings matching `tree`, or one for every leaf.
+    """
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+
+    def put(x, s):
+        if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+            # Already laid over the devices (e.g. restored into its shardings).
+            if x.sharding.is_equivalent_to(s, x.ndim):
+                return x
+            return jax.device_put(x, s)  # a reshard between global layouts
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, s, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)
+
+
+def process_rows(sharding: jax.sharding.Sharding, num_rows: int) -> slice:
+    """The rows ``[lo, hi)`` of a [num_rows, ...] array that this process's devices hold.
+
+    For a batch split over "data" on a mesh laid out host by host (what
+    :func:`make_mesh` builds), a process's devices hold one contiguous block:
+    process p of P gets rows ``[p * num_rows / P, (p + 1) * num_rows / P)``
+    when the data axis spans the hosts, all rows when it does not (model axis
+    across hosts). Raises ValueError when the rows are not contiguous.
+    """
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((num_rows,)).values():
+        rows.update(range(num_rows)[index[0]])
+    lo, hi = min(rows), max(rows) + 1
+    if len(rows) != hi - lo:
+        raise ValueError(f"this process's devices hold rows {sorted(rows)[:8]}...: not one "
+                         "contiguous block; lay the mesh out host by host (make_mesh)")
+    return slice(lo, hi)

@@ -17,10 +17,13 @@ single steps; it runs in this process on the usual 4 devices.
 
 ``config.parallel=mesh`` end to end: the tiny MF through ``rec_jax.main`` in
 mesh mode (4 devices, a (2, 2) mesh) ends with the validation and test
-metrics of the default pmap run at the same global batch, and a run killed
-mid-training resumes to exactly the uninterrupted mesh run's results. In
+metrics of the default pmap run at the same global batch, and so does the
+same run on 2 processes x 2 devices, whose SIGKILLed copy resumes to exactly
+the uninterrupted 2-process run's results. In
 process: the sharded evaluator equals the dense one on every metric and
-segment, and bad settings of the switch are refused.
+segment, bad settings of the switch are refused, sharded checkpoints restore
+into their shardings, and a KD + fusion student trains on a (2, 2) mesh
+to the params of the same steps on one device.
 """
 
 from __future__ import annotations
@@ -292,7 +295,8 @@ def test_multi_step_equals_single_steps(ml100k_ratio):
 
 
 # ---------------------------------------------------------------------------
-# config.parallel=mesh through the main command (subprocesses, 4 devices).
+# config.parallel=mesh through the main command (subprocesses: 1 x 4 devices,
+# 2 processes x 2 devices).
 # ---------------------------------------------------------------------------
 
 # The tiny MF (3 epochs of 39 steps at global batch 2048): mesh mode on 4
@@ -303,14 +307,11 @@ MESH_FLAGS = ("--config.models=mf", "--config.parallel=mesh",
 MESH_TOTAL_STEPS = 3 * (80_024 // 2048)
 
 
-def _run_main(workdir, flags, devices, background=False):
+def _run_main(workdir, flags, devices):
     from conftest import REPO_ROOT, subprocess_env
     command = [sys.executable, "-m", "rec_jax.main", "--config=configs/ml100k_mf.py:tiny",
                f"--workdir={workdir}", "--config.progress=off",
                f"--config.data.data_dir={REPO_ROOT / 'data'}", *flags]
-    if background:
-        return subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(devices),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(devices),
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-5000:])
@@ -319,14 +320,8 @@ def _run_main(workdir, flags, devices, background=False):
 
 def _results(workdir):
     import os
-    with open(os.path.join(workdir, "results.json")) as f:
-        return json.load(f)["mf"]
-
-
-def _ckpt_steps(workdir):
-    import os
-    folder = os.path.join(workdir, "mf", "ckpt")
-    return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+    with open(os.path.join(workdir, "mf", "results.json")) as f:
+        return json.load(f)
 
 
 @pytest.fixture(scope="module")
@@ -364,32 +359,43 @@ def test_main_mesh_mode_matches_pmap(mesh_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_main_mesh_mode_resumes_where_it_would_have_ended(mesh_run, tmp_path):
-    """SIGKILL after a mid-run checkpoint; the rerun ends bitwise where the
-    uninterrupted mesh run ended (state restored onto the mesh, same batches)."""
-    import signal
-    import time
+def test_two_process_mesh_run_matches_one_process_and_resumes(mesh_run, tmp_path, data_dir):
+    """The same tiny MF on 2 processes x 2 devices (the (2, 2) mesh's "data"
+    axis across the processes, each feeding its half of every global batch)
+    ends at the 1-process x 4-device mesh run's metrics; both processes wrote
+    their part of the checkpoints; and a 2-process run SIGKILLed after a
+    checkpoint resumes (restored shard by shard into the mesh) to exactly
+    where the uninterrupted 2-process run ended."""
+    from test_multihost import _kill_at_first_checkpoint, _two_processes, _wait
+
     reference, _ = mesh_run
-    workdir = str(tmp_path / "run")
-    flags = MESH_FLAGS + ("--config.model.mf.train.checkpoint_every_steps=10",)
-    proc = _run_main(workdir, flags, devices=4, background=True)
-    try:
-        deadline = time.time() + 120
-        while not _ckpt_steps(workdir) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    latest = _ckpt_steps(workdir)[-1]
-    assert latest < MESH_TOTAL_STEPS, "the kill did not land mid-training"
-    out = _run_main(workdir, flags, devices=4)
-    assert f"step {MESH_TOTAL_STEPS}/{MESH_TOTAL_STEPS}" in out.stdout
-    got, want = _results(workdir), _results(reference)
-    assert got["valid"] == want["valid"] and got["test"] == want["test"]
+    mesh = ("--config.parallel=mesh",)  # with test_multihost's flags, MESH_FLAGS
+    multi = str(tmp_path / "multi")
+    _wait(_two_processes(multi, data_dir, mesh))
+    got, want = _results(multi), _results(reference)
+    assert got["info"]["parallel"] == "mesh"
     for key in ("best_step", "steps_done", "stopped_early"):
         assert got["info"][key] == want["info"][key], key
+    for part in ("valid", "test"):
+        assert got[part].keys() == want[part].keys()
+        for key in want[part]:
+            assert got[part][key] == pytest.approx(want[part][key], abs=1e-5), (part, key)
+    import os
+    state = os.path.join(multi, "mf", "ckpt", str(MESH_TOTAL_STEPS), "state")
+    for process in (0, 1):  # each process wrote its own shards (and halves of replicated ones)
+        assert os.listdir(os.path.join(state, f"ocdbt.process_{process}", "d")), process
+
+    resumed = str(tmp_path / "resumed")
+    steps = _kill_at_first_checkpoint(_two_processes(resumed, data_dir, mesh), resumed,
+                                      poll=0.01)
+    assert steps and steps[-1] < MESH_TOTAL_STEPS, f"the kill did not land mid-training: {steps}"
+    _wait(_two_processes(resumed, data_dir, mesh))
+    with open(tmp_path / "log_resumed_0.txt") as f:
+        assert f"resumed from step {steps[-1]}" in f.read()
+    after = _results(resumed)
+    assert after["valid"] == got["valid"] and after["test"] == got["test"]
+    for key in ("best_step", "steps_done", "stopped_early"):
+        assert after["info"][key] == got["info"][key], key
 
 
 def test_sharded_evaluator_equals_dense_evaluator(ml100k):
@@ -448,6 +454,124 @@ def test_parallel_config_is_checked():
     assert parallel.mesh_shape("auto", 8, 1000) == (1, 8)
     assert parallel.mesh_shape("auto", 4, 7) == (4, 1)
     assert parallel.mesh_shape("-1,2", 8, 1) == (4, 2)
+
+
+# ---------------------------------------------------------------------------
+# Sharded checkpoints, and the KD / fusion students on the mesh (4 devices, in process).
+# ---------------------------------------------------------------------------
+
+
+def test_sharded_checkpoint_restores_into_its_shardings(tmp_path):
+    """Arrays on the mesh are saved as they lie (no host copy) and come back
+    in the shardings asked for: rows split on "model", or host numpy."""
+    import jax
+
+    from rec_jax import sharding
+    from rec_jax.train.checkpoint import Checkpointer
+
+    mesh = sharding.make_mesh((2, 2))
+    host = {"table": np.arange(8 * 3, dtype=np.float32).reshape(8, 3),
+            "w": np.float32([1.5, -2.0]), "step": np.asarray(7, np.int32)}
+    shardings = sharding.tree_shardings(host, mesh, num_items=8)
+    tree = sharding.place(host, shardings)
+    assert [s.data.shape for s in tree["table"].addressable_shards] == [(4, 3)] * 4
+    assert sharding.place(tree, shardings)["table"] is tree["table"]  # already there: kept
+    assert sharding.process_rows(sharding.batch_sharding(mesh), 6) == slice(0, 6)
+
+    ckpt = Checkpointer(str(tmp_path / "ckpt"))
+    ckpt.save(3, tree, {"done": False})
+    restored, meta = ckpt.restore(host, shardings=shardings)
+    on_host, _ = ckpt.restore(host)
+    ckpt.close()
+    assert meta == {"done": False}
+    table = restored["table"]
+    assert table.sharding.is_equivalent_to(shardings["table"], 2)
+    assert sorted((s.index[0].start or 0, s.data.shape) for s in table.addressable_shards) == \
+        [(0, (4, 3)), (0, (4, 3)), (4, (4, 3)), (4, (4, 3))]
+    for name in host:
+        np.testing.assert_array_equal(np.asarray(jax.device_get(restored[name])), host[name])
+        assert isinstance(on_host[name], np.ndarray)
+        np.testing.assert_array_equal(on_host[name], host[name])
+
+
+KD_STEPS = 3
+
+
+@pytest.mark.slow
+def test_kd_fusion_student_trains_in_mesh_mode(ml100k_ratio, tmp_path):
+    """mf_kd_fusion (both variants at once: the cached teacher's artifacts in
+    the batch and side tables, its item vectors fused into the item input)
+    through trainer.fit on a (2, 2) mesh, teacher tables row-sharded with the
+    item tables, ends at the params of the same global steps on one device,
+    and its checkpoint restores into the mesh shardings.
+
+    The teacher is an untrained MF's towers (top 20 per user): the plumbing
+    is what is tested, which needs no good teacher and no BERT.
+    """
+    import functools
+
+    import jax
+
+    from configs import ml100k_distill
+    from rec_jax import recipes
+    from rec_jax import run as run_lib
+    from rec_jax.recipes import artifacts as artifacts_lib
+    from rec_jax.recipes import kd
+    from rec_jax.train import parallel, trainer
+    from rec_jax.train import step as step_lib
+    from rec_jax.train.checkpoint import Checkpointer
+
+    data, name = ml100k_ratio, "mf_kd_fusion"
+    config = ml100k_distill.get_config("tiny")
+    config.data.split = "ratio"
+    config.parallel = "mesh"
+    side = run_lib.build_side(config, data, [name])  # cached KD, fusion on vectors: no text
+    source = recipes.model_spec("mf", config, data, side)
+    arrays = artifacts_lib.compute_from_towers(
+        source, jax.device_get(source.init(jax.random.PRNGKey(0))), side, data, 20)
+    bundle = kd.TeacherBundle("cached", arrays["item_vec"].shape[1], 10, 1.0, artifacts=arrays)
+    teacher = recipes.TeacherAccess(arrays=lambda: arrays, params=lambda: None,
+                                    bundle=lambda: bundle)
+    spec, model_side = recipes.build(name, config, data, side, teacher)
+    assert model_side["teacher"]["item_vec"].shape[0] == data.num_items  # row-sharded too
+    cfg = recipes.model_config(config, name)
+    cfg.train.update(steps=KD_STEPS, epochs=0.0, batch_size_per_device=64,
+                     input_engine="numpy")  # (mesh batches never use tf.data)
+    # SGD: Adam would turn float rounding in gradients that are zero in exact
+    # arithmetic (the bias before the fusion LayerNorm) into lr-sized steps.
+    cfg.optim.update(name="sgd", lr=0.05)
+    layout = parallel.make_layout(config, name, data.num_items)
+    assert dict(layout.mesh.shape) == {"data": 2, "model": 2}
+    evaluator = run_lib.make_evaluator(data, "valid", config, spec, layout,
+                                       users=np.arange(64, dtype=np.int32))
+    assert evaluator.ranks_on_mesh
+    folder = str(tmp_path / name)
+    fitted = trainer.fit(spec, cfg, model_side, folder, evaluator, 0, "off", layout)
+    assert fitted.meta["steps_done"] == KD_STEPS and fitted.meta["best_step"] == KD_STEPS
+
+    # The same global steps on one device (no donation: `state` stays the template).
+    pipeline, total, tx, state, key = trainer._setup(spec, cfg, 0)
+    template = {"state": state, "best": state.params}
+    one = jax.jit(functools.partial(step_lib.global_train_step, loss_fn=spec.loss_fn, tx=tx))
+    for s in range(total):
+        state, _ = one(state, pipeline.global_host_batch(s), model_side, spec.frozen, key)
+    want = jax.device_get(state.params)
+    for (path, got), ref in zip(jax.tree_util.tree_leaves_with_path(fitted.params),
+                                jax.tree.leaves(want)):
+        np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5,
+                                   err_msg=jax.tree_util.keystr(path))
+
+    # The checkpoint comes back straight into the mesh layout, tables split by rows.
+    ckpt = Checkpointer(f"{folder}/ckpt")
+    restored, meta = ckpt.restore(template, shardings=layout.restore_shardings(template))
+    ckpt.close()
+    assert meta["done"] and int(restored["state"].step) == KD_STEPS
+    tables = [x for x in jax.tree.leaves(restored) if np.ndim(x) and x.shape[0] == data.num_items]
+    assert len(tables) >= 4  # item embedding and bias, in params and best params
+    for x in tables:
+        assert {s.data.shape[0] for s in x.addressable_shards} == {data.num_items // 2}
+    for got, ref in zip(jax.tree.leaves(restored["best"]), jax.tree.leaves(fitted.params)):
+        np.testing.assert_array_equal(np.asarray(jax.device_get(got)), ref)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 Processes talk over loopback (jax.distributed + gloo CPU collectives), each
 with 2 fake CPU devices; the global batch is the same (4 x 512) as in the
-single-process run with 4 fake devices.
+single-process run with 4 fake devices. This file runs the default pmap
+layout; mesh mode on 2 processes (``config.parallel=mesh``) is in
+tests/test_mesh.py, which has the 1-process mesh run to compare against, and
+uses the helpers here.
 """
 
 import json
@@ -32,9 +35,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _launch(workdir, data_dir, process_id=None, num_processes=None, port=None, devices=4):
+def _launch(workdir, data_dir, process_id=None, num_processes=None, port=None, devices=4,
+            extra=()):
     cmd = [sys.executable, "-m", "rec_jax.main", f"--workdir={workdir}"] + ARGS + [
-        f"--config.data.data_dir={data_dir}"]
+        f"--config.data.data_dir={data_dir}", *extra]
     if process_id is not None:
         cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
                 f"--process_id={process_id}"]
@@ -44,9 +48,9 @@ def _launch(workdir, data_dir, process_id=None, num_processes=None, port=None, d
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _two_processes(workdir, data_dir):
+def _two_processes(workdir, data_dir, extra=()):
     port = _free_port()
-    return [_launch(workdir, data_dir, p, 2, port, devices=2) for p in range(2)]
+    return [_launch(workdir, data_dir, p, 2, port, devices=2, extra=extra) for p in range(2)]
 
 
 def _wait(procs, timeout=300):
@@ -54,10 +58,35 @@ def _wait(procs, timeout=300):
         assert p.wait(timeout=timeout) == 0, f"process exited with {p.returncode}"
 
 
-def _metrics(workdir):
+def _results(workdir):
     with open(os.path.join(workdir, "mf", "results.json")) as f:
-        r = json.load(f)
+        return json.load(f)
+
+
+def _metrics(workdir):
+    r = _results(workdir)
     return {f"{part}/{k}": v for part in ("valid", "test") for k, v in r[part].items()}
+
+
+def _ckpt_steps(workdir):
+    folder = os.path.join(workdir, "mf", "ckpt")
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(d) for d in os.listdir(folder) if d.isdigit())
+
+
+def _kill_at_first_checkpoint(procs, workdir, poll=0.2):
+    """SIGKILLs every process once a checkpoint exists; returns the checkpointed steps."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if _ckpt_steps(workdir) or any(p.poll() is not None for p in procs):
+            break
+        time.sleep(poll)
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    return _ckpt_steps(workdir)  # (one more may have landed before the kill)
 
 
 def test_two_processes_match_one_and_resume(tmp_path, data_dir):
@@ -75,19 +104,8 @@ def test_two_processes_match_one_and_resume(tmp_path, data_dir):
 
     # Kill both processes once a checkpoint exists, then resume with the same command.
     resumed = str(tmp_path / "resumed")
-    procs = _two_processes(resumed, data_dir)
-    ckpt = os.path.join(resumed, "mf", "ckpt")
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        steps = [d for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
-        if steps or any(p.poll() is not None for p in procs):
-            break
-        time.sleep(0.2)
+    steps = _kill_at_first_checkpoint(_two_processes(resumed, data_dir), resumed)
     assert steps, "no checkpoint appeared before the run ended"
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
     assert not os.path.exists(os.path.join(resumed, "mf", "results.json"))
     _wait(_two_processes(resumed, data_dir))
     after = _metrics(resumed)

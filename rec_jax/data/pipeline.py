@@ -11,7 +11,9 @@ Batches are a pure function of (seed, step):
 * a process's slice is shaped ``[local_devices, per_device_batch, ...]`` for
   ``jax.pmap``, one step per item (``device_batches``);
 * mesh mode (``mesh_batches``) places the flat global batch
-  ``[global_batch, ...]`` sharded on the mesh's "data" axis.
+  ``[global_batch, ...]`` sharded on the mesh's "data" axis; each process
+  keeps and places only the rows its own devices hold (with the data axis
+  across hosts, process p of P feeds rows ``[p * B / P, (p + 1) * B / P)``).
 
 Two interchangeable engines produce the same batches: ``tf`` (tf.data:
 parallel map and prefetch) and ``numpy`` (a background thread), the latter for
@@ -28,7 +30,7 @@ from typing import Iterator, Protocol
 import jax
 import numpy as np
 
-from rec_jax.sharding import device_sharding
+from rec_jax.sharding import device_sharding, process_rows
 
 Batch = dict[str, np.ndarray]
 
@@ -114,21 +116,38 @@ class TrainPipeline:
         """Batches for steps [start, stop), already placed on the local devices."""
         return prefetch_to_devices(self.host_batches(start, stop), self.prefetch)
 
+    def process_batch(self, step: int, rows: slice) -> Batch:
+        """Rows `rows` of global step `step`'s flat batch: [rows, ...] (mesh mode)."""
+        # Built from the whole global batch, as for pmap: its negatives are
+        # drawn for all rows at once, so a row's draws depend on the global
+        # batch alone, never on how the processes split it.
+        return {k: v[rows] for k, v in self.global_host_batch(step).items()}
+
     def mesh_batches(self, start: int, stop: int, sharding) -> Iterator[Batch]:
         """Global batches for mesh mode: flat [global_batch, ...] arrays with `sharding`.
 
-        Every process builds the whole global batch (as for pmap), so each
-        device's rows are cut from it whatever the mesh layout across hosts.
+        Each process keeps the rows its addressable devices hold
+        (``rec_jax.sharding.process_rows``) and places only those; together the
+        processes feed exactly the global batch a single process would.
 
         Args:
           sharding: the batch sharding, e.g. ``rec_jax.train.mesh.batch_sharding(mesh)``
             (rows split on "data", repeated along "model").
         """
+        rows = process_rows(sharding, self.global_batch)
+
+        def cut(local, index):
+            # index: a device's block of the global array (rows split only);
+            # `local` holds global rows [rows.start, rows.stop).
+            block = range(self.global_batch)[index[0]]
+            return local[block.start - rows.start:block.stop - rows.start]
+
         def place(batch):
-            return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
+            return {k: jax.make_array_from_callback((self.global_batch,) + v.shape[1:], sharding,
+                                                    lambda index, v=v: cut(v, index))
                     for k, v in batch.items()}
 
-        host = _threaded(lambda: (self.global_host_batch(s) for s in range(start, stop)),
+        host = _threaded(lambda: (self.process_batch(s, rows) for s in range(start, stop)),
                          self.prefetch)
         buffer: collections.deque = collections.deque()
         for batch in host:

@@ -17,6 +17,11 @@ row range. The result equals ``jax.lax.top_k`` of the dense, masked
 it (mesh mode): same users, segments, metrics and recs CSVs as
 :class:`rec_jax.eval.evaluator.Evaluator`, for models that score by a dot
 product of a user vector and an item table (MF, SASRec).
+
+Across processes (multi-host mesh mode) every process runs the same
+evaluation over the same users: each scores its devices' blocks, and the
+merged top K comes back replicated on every device, so every process computes
+the same metrics from it (process 0 alone writes results and recs files).
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rec_jax.data.interactions import CSR, SplitData
 from rec_jax.eval import metrics as metrics_lib
 from rec_jax.eval.evaluator import Evaluator
-from rec_jax.sharding import DATA, MODEL, tree_shardings
+from rec_jax.sharding import DATA, MODEL, place, tree_shardings
 
 
 def known_item_ids(known: CSR, users: np.ndarray, width: int | None = None) -> np.ndarray:
@@ -103,7 +109,10 @@ def _sharded_top_k_fn(mesh: Mesh, k: int, num_items: int):
     fn = jax.shard_map(local, mesh=mesh,
                        in_specs=(P(DATA, None), P(MODEL, None), P(MODEL), P(DATA, None)),
                        out_specs=(P(DATA, None), P(DATA, None)), check_vma=False)
-    return jax.jit(fn)
+    # The [B, k] result replicated on every device (an all-gather over "data"):
+    # every process can read all users' top K, not only its own devices' rows.
+    rep = NamedSharding(mesh, P())
+    return jax.jit(fn, out_shardings=(rep, rep))
 
 
 def sharded_top_k(user_vecs, table, bias, known, k: int, mesh: Mesh, num_items: int):
@@ -126,10 +135,11 @@ def sharded_top_k(user_vecs, table, bias, known, k: int, mesh: Mesh, num_items: 
     d = mesh.shape[DATA]
     padded = -(-batch // d) * d
     user_vecs = jnp.asarray(user_vecs)
-    known = jnp.asarray(known, jnp.int32)
+    # Host ids stay numpy: each process then places only its own devices' rows.
+    known = np.asarray(known, np.int32)
     if padded != batch:
         user_vecs = jnp.pad(user_vecs, ((0, padded - batch), (0, 0)))
-        known = jnp.pad(known, ((0, padded - batch), (0, 0)), constant_values=-1)
+        known = np.pad(known, ((0, padded - batch), (0, 0)), constant_values=-1)
     # Each shard contributes min(k, rows) candidates, so k <= I' suffices.
     if k > table.shape[0]:
         raise ValueError(f"k={k} exceeds the {table.shape[0]} table rows")
@@ -171,6 +181,9 @@ class ShardedEvaluator(Evaluator):
       item_table_fn: (params, side) -> ([num_items, d], [num_items] or None).
     """
 
+    # The trainer hands it params as they lie on the mesh (no host gather).
+    ranks_on_mesh = True
+
     def __init__(self, data: SplitData, part: str, mesh: Mesh, user_vectors_fn, item_table_fn,
                  ks=(10, 20), batch_users: int = 256, num_recs: int = 20,
                  users: np.ndarray | None = None):
@@ -185,18 +198,20 @@ class ShardedEvaluator(Evaluator):
     def evaluate(self, score_fn, params, side, make_query, keep_recs: bool = True):
         """As Evaluator.evaluate; `score_fn` is unused (the two towers score)."""
         del score_fn
-        # Catalogue-sized params and side tables live row-sharded, as in training.
-        params = jax.device_put(params, tree_shardings(params, self.mesh, self.num_items))
-        side = jax.device_put(side, tree_shardings(side, self.mesh, self.num_items))
+        # Catalogue-sized params and side tables live row-sharded, as in training
+        # (host arrays are placed, each process its own shards; arrays already
+        # on the mesh, the trainer's, are kept).
+        params = place(params, tree_shardings(params, self.mesh, self.num_items))
+        side = place(side, tree_shardings(side, self.mesh, self.num_items))
         table, bias = self.item_table_fn(params, side)
         if bias is None:
             bias = jnp.zeros((self.num_items,), jnp.float32)
         table_s, bias_s, n = shard_item_table(table, bias, self.mesh)
         cold_bias_s = None
         if "cold" in self.segments:
-            cold = jnp.asarray(self.segments["cold"])
+            cold = self.segments["cold"]  # host mask: the same on every process
             _, cold_bias_s, _ = shard_item_table(table, jnp.where(cold, bias, -jnp.inf), self.mesh)
-        seg_masks = {k: jnp.asarray(v) for k, v in self.segments.items()}
+        seg_masks = dict(self.segments)
         sums_fn = _sharded_sums(self.ks, tuple(self.segments))
 
         def rank_batch(users, mask):
@@ -211,7 +226,16 @@ class ShardedEvaluator(Evaluator):
             sums = sums_fn(top_items, cold_top, self.truth.dense(users), mask, seg_masks)
             return sums, top_items, top_scores
 
-        return self._collect(rank_batch, keep_recs)
+        result, recs = self._collect(rank_batch, keep_recs)
+        if jax.process_count() > 1:
+            # Early stopping reads these on every process: a process that saw
+            # other numbers would stop at another step and hang the rest.
+            # Compared bit for bit (float64 as uint32 pairs: JAX gathers 32-bit).
+            bits = np.asarray([result[k] for k in sorted(result)], np.float64).view(np.uint32)
+            every = np.asarray(multihost_utils.process_allgather(bits))  # [processes, 2n]
+            if not (every == every[0]).all():
+                raise AssertionError(f"{self.part} metrics differ between processes")
+        return result, recs
 
 
 @functools.lru_cache(maxsize=16)

@@ -32,20 +32,38 @@ Example::
 
 **In the trainer.** ``--config.parallel=mesh`` (default ``"pmap"``, which
 runs exactly what it always ran) makes ``python -m rec_jax.main`` train the
-students (MF, SASRec, DeepFM; their ``_kd`` / ``_transfer`` / ``_fusion``
-variants take the same path but are not yet tested in mesh mode) with
-:func:`make_mesh_step` on the mesh given by
+students (MF, SASRec, DeepFM and their ``_kd`` / ``_fusion`` variants, the
+teacher's cached artifacts row-sharded like the other item tables; tested
+for ``mf_kd``, ``deepfm_kd`` and ``mf_fusion``; ``_transfer``, an init, takes
+the same path untested) with :func:`make_mesh_step` on the mesh given by
 ``config.mesh_shape``: ``"D,M"`` (one may be -1) or ``"auto"``, the largest
 model axis dividing both the device count and the catalogue (ml-100k on 4
 devices: (2, 2)). The global batch is still ``batch_size_per_device`` x
-devices. Checkpoints are the usual Orbax ones, gathered to the host on save
-and placed back on the mesh on resume (so single-host only for now).
-Validation and test ranking of MF and SASRec run on the row-sharded table
-(:class:`rec_jax.eval.sharded.ShardedEvaluator`); DeepFM, whose score is an
-MLP, is ranked by the dense evaluator (a printed note says so). The teacher
-(item vectors from BERT) is not covered: it trains with pmap and a logged
-message, so one config still runs the whole pipeline. Layouts:
-:mod:`rec_jax.train.parallel`.
+devices. Validation and test ranking of MF and SASRec run on the row-sharded
+table (:class:`rec_jax.eval.sharded.ShardedEvaluator`); DeepFM, whose score
+is an MLP, is ranked by the dense evaluator on host params (a printed note
+says so). The teacher (item vectors from BERT) is not covered: it trains
+with pmap and a logged message, so one config still runs the whole
+pipeline. Layouts: :mod:`rec_jax.train.parallel`.
+
+**Several hosts.** The mesh spans every process's devices (``make_mesh``
+lays them out host by host: with (data, model) = (2, 2) on 2 hosts x 2
+devices, "data" runs across the hosts and each host holds both row blocks
+of the tables). Then
+
+* each process feeds its own devices' rows of the global batch
+  (``TrainPipeline.mesh_batches``), the same global batch one process feeds;
+* state, side tables and best params are placed shard by shard
+  (``rec_jax.sharding.place``) and stay on the mesh: checkpoints are written
+  by every process, each its own shards (replicated shards split between
+  their replicas), and restored straight into the training shardings
+  (``rec_jax.train.checkpoint``); nothing is gathered to host 0;
+* every process computes the same validation metrics (the merged top K is
+  replicated; checked across processes), so all take the same
+  early-stopping decision; process 0 writes logs, results and recs;
+* the best params are gathered to every host once, when training ends (what
+  ``fit`` returns: host numpy for the final evaluation, export and warm
+  starts).
 
 A table whose row count the "model" axis does not divide stays replicated
 (``jax.Array`` shards must be equal); pad the catalogue to a multiple of the

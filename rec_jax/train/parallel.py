@@ -1,14 +1,19 @@
 """How a training run is laid over the devices: pmap (default) or a mesh.
 
 ``config.parallel`` picks one of two layouts that :func:`rec_jax.train.trainer.fit`
-drives through the same five calls (prepare, batches, first, host):
+drives through the same calls (restore_shardings, prepare, batches, first,
+snapshot, keep, saveable, eval_params, to_host):
 
 * :class:`PmapLayout` (``"pmap"``): the state replicated on every device,
-  ``make_pmapped_step``, batches ``[devices, per_device, ...]``; what the
-  trainer has always run, unchanged.
+  ``make_pmapped_step``, batches ``[devices, per_device, ...]``; the trainer
+  keeps host copies (best params, checkpoints); what the trainer has always
+  run, unchanged.
 * :class:`MeshLayout` (``"mesh"``): ``jax.jit`` over a ("data", "model")
   mesh (:mod:`rec_jax.train.mesh`), catalogue-sized arrays row-sharded on
-  "model", flat global batches split on "data".
+  "model", flat global batches split on "data". Everything the trainer
+  keeps (state, best params) stays on the mesh: checkpoints are written and
+  read shard by shard by every process, and nothing catalogue-sized passes
+  through one host until training ends (:meth:`MeshLayout.to_host`).
 
 Both see the same global batch (per-device batch x device count) and the
 same per-step keys, so for a loss without randomness (BPR-MF) they end in
@@ -20,6 +25,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rec_jax import console, errors, sharding
@@ -49,6 +55,28 @@ class PmapLayout:
     def host(self, tree):
         return unreplicate(tree)
 
+    def restore_shardings(self, tree):
+        """Checkpoints restore to the host (then `prepare` replicates them)."""
+        del tree
+        return None
+
+    def snapshot(self, params_dev):
+        """The params the trainer keeps (best so far, evaluated): a host copy."""
+        return unreplicate(params_dev)
+
+    def keep(self, params):
+        return params  # host params are what this layout keeps
+
+    def saveable(self, state_dev):
+        return unreplicate(state_dev)
+
+    def eval_params(self, params, evaluator):
+        del evaluator
+        return params
+
+    def to_host(self, params):
+        return params
+
 
 class MeshLayout:
     """``jax.jit`` with NamedShardings: item tables row-sharded on "model".
@@ -62,19 +90,34 @@ class MeshLayout:
 
     def __init__(self, mesh, num_items: int):
         self.mesh, self.num_items = mesh, num_items
+        self.multi_process = jax.process_count() > 1
+
+    def shardings(self, tree):
+        return sharding.tree_shardings(tree, self.mesh, self.num_items)
+
+    def restore_shardings(self, tree):
+        """Checkpoints restore straight into the training layout (rows of
+        catalogue-sized arrays on "model"), each process reading its shards."""
+        return self.shardings(tree)
 
     def prepare(self, loss_fn, tx, state, side, frozen):
-        shardings = sharding.tree_shardings(state, self.mesh, self.num_items)
-        side_shardings = sharding.tree_shardings(side, self.mesh, self.num_items)
-        frozen_shardings = sharding.tree_shardings(frozen, self.mesh, self.num_items)
+        """(step_fn, state, side, frozen) on the mesh.
+
+        `state` is host arrays (a fresh run; every process holds the same
+        values, initialised from the same seed) or already on the mesh
+        (restored into its shardings); side and frozen are host arrays. Each
+        process places only its own devices' shards (`sharding.place`).
+        """
+        shardings = self.shardings(state)
+        side_shardings = self.shardings(side)
+        frozen_shardings = self.shardings(frozen)
         step = mesh_lib.make_mesh_step(loss_fn, tx, self.mesh, shardings, side_shardings,
                                        frozen_shardings)
-        # The step donates its state: place a host copy, so the donated buffers
-        # never alias the caller's arrays (the initial params are also the
-        # first best params, saved later).
-        state = jax.device_get(state)
-        return (step, jax.device_put(state, shardings), jax.device_put(side, side_shardings),
-                jax.device_put(frozen, frozen_shardings))
+        # The step donates its state, so it must own its buffers: host leaves
+        # are copied onto the devices here; restored leaves are the restore's
+        # own (the best params the trainer keeps are separate copies: `keep`).
+        return (step, sharding.place(state, shardings), sharding.place(side, side_shardings),
+                sharding.place(frozen, frozen_shardings))
 
     def batches(self, pipeline, start: int, stop: int):
         return pipeline.mesh_batches(start, stop, sharding.batch_sharding(self.mesh))
@@ -83,7 +126,43 @@ class MeshLayout:
         return tree  # Sums come back replicated: one global value per leaf.
 
     def host(self, tree):
+        """Host numpy of a tree on the mesh, on every process (gathered across hosts)."""
+        if self.multi_process:
+            from jax.experimental import multihost_utils
+            return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
         return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+    def snapshot(self, params_dev):
+        """The params the trainer keeps: a copy on the mesh, in the training
+        shardings (the step donates the state, so its buffers will be reused)."""
+        return _copy_on_mesh(params_dev)
+
+    def keep(self, params):
+        """Host params (a fresh run's initial params) placed as a snapshot.
+
+        Copied on device after placing: a CPU device_put may share the host
+        array's memory, which the (donated) state placed from the same host
+        params could share too."""
+        return _copy_on_mesh(sharding.place(params, self.shardings(params)))
+
+    def saveable(self, state_dev):
+        return state_dev  # Orbax writes each process's shards itself
+
+    def eval_params(self, params, evaluator):
+        """The kept params as `evaluator` takes them: on the mesh for a
+        mesh-aware evaluator (ShardedEvaluator), else on the host."""
+        return params if getattr(evaluator, "ranks_on_mesh", False) else self.host(params)
+
+    def to_host(self, params):
+        """What `fit` returns: host numpy, the same on every process. The one
+        gather of the (best) params, once, when training ends."""
+        return self.host(params)
+
+
+@jax.jit
+def _copy_on_mesh(tree):
+    # jnp.copy, not identity: an identity jit would hand back the donated buffers.
+    return jax.tree.map(jnp.copy, tree)
 
 
 def mesh_shape(value: str, num_devices: int, num_items: int) -> tuple[int, int]:

@@ -98,7 +98,9 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
       seed: seeds init, data order and step randomness.
       progress: progress display mode (see MetricLogger).
       layout: how the step is laid over devices (rec_jax.train.parallel);
-        default pmap.
+        default pmap. It also decides where the state and best params live
+        between steps: host copies (pmap) or the mesh (mesh mode: checkpoints
+        written and restored shard by shard by every process).
     """
     # ------------------------------------------------------------------ setup
     tcfg = cfg.train
@@ -108,26 +110,32 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
     meta = {"best_step": -1, "best_metric": -math.inf, "evals_since_best": 0,
             "history": [], "done": False, "stopped_early": False}
     ckpt = Checkpointer(os.path.join(folder, "ckpt"), keep=tcfg.keep_checkpoints)
+    layout = layout or PmapLayout()
 
     # ---------------------------------------------------------------- restore
-    # Resume order: (1) the latest checkpoint's state and best params, (2) its
-    # loop metadata, (3) logs truncated to that step; the data position and
-    # RNG follow from the step alone.
+    # Resume order: (1) the latest checkpoint's state and best params, read
+    # straight into the layout's shardings (mesh: each process reads its own
+    # devices' shards; pmap: host arrays), (2) its loop metadata, (3) logs
+    # truncated to that step; the data position and RNG follow from the step
+    # alone.
     start = 0
-    if ckpt.latest_step() is not None:
-        restored, meta = ckpt.restore({"state": state, "best": best_params})
+    resumed = ckpt.latest_step() is not None
+    if resumed:
+        template = {"state": state, "best": best_params}
+        restored, meta = ckpt.restore(template, shardings=layout.restore_shardings(template))
         state, best_params = restored["state"], restored["best"]
         start = int(state.step)
         console.say(f"[{spec.name}] resumed from step {start} ({ckpt.directory})")
     if meta["done"]:
         ckpt.close()
-        return FitResult(best_params, meta)
+        return FitResult(layout.to_host(best_params), meta)
     logger = MetricLogger(folder, start, total_steps, spec.name, progress)
 
     # ------------------------------------------------------------------- loop
-    layout = layout or PmapLayout()
     step_fn, state_dev, side_dev, frozen_dev = layout.prepare(spec.loss_fn, tx, state, side,
                                                               spec.frozen)
+    if not resumed:  # The initial params are the first best params, kept as the layout keeps them.
+        best_params = layout.keep(best_params)
     interrupted = _SigtermFlag()
     sums_acc, last_log_step = None, start
     log_every = max(1, tcfg.log_every_steps)
@@ -135,7 +143,7 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
     t_start = time.time()
 
     def save(step_now):
-        ckpt.save(step_now, {"state": layout.host(state_dev), "best": best_params}, meta)
+        ckpt.save(step_now, {"state": layout.saveable(state_dev), "best": best_params}, meta)
 
     def check_finite(step_now):
         if sums_acc is None:
@@ -165,9 +173,10 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
 
             if step % eval_every == 0 or step == total_steps:
                 check_finite(step)
-                params_now = layout.host(state_dev.params)
-                result, _ = evaluator.evaluate(spec.score_fn, params_now, side, spec.make_query,
-                                               keep_recs=False)
+                params_now = layout.snapshot(state_dev.params)
+                result, _ = evaluator.evaluate(spec.score_fn,
+                                               layout.eval_params(params_now, evaluator), side,
+                                               spec.make_query, keep_recs=False)
                 metric = result[tcfg.select_metric]
                 meta["history"].append({"step": step, tcfg.select_metric: metric})
                 if metric > meta["best_metric"]:
@@ -200,7 +209,7 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
         interrupted.restore()
         logger.close()
         ckpt.close()
-    return FitResult(best_params, meta)
+    return FitResult(layout.to_host(best_params), meta)
 
 
 def _train_scalars(sums: dict, steps: int, seconds: float) -> dict[str, float]:
