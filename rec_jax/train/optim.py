@@ -10,6 +10,10 @@ Parameter groups: a label function maps each parameter path to a group name;
 ``group_lr`` scales a group's learning rate, and the group ``frozen`` gets
 zero updates (``optax.set_to_zero``), which is how frozen layers stay put
 without leaving the optimizer's pytree.
+
+``sparse_tables`` (default False): lazy Adam on embedding tables, whose rows
+are updated only when a step reads them (:mod:`rec_jax.train.sparse_tables`),
+so a step's cost no longer grows with the tables; Adam only, one group.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import flax
 import optax
 
 from rec_jax import errors
+from rec_jax.train import sparse_tables
 
 
 def schedule(cfg, total_steps: int, scale: float = 1.0) -> optax.Schedule:
@@ -80,8 +85,11 @@ def make_optimizer(cfg, total_steps: int, params: Any = None,
         (e.g. transferred embeddings held fixed during a warm-up).
 
     Returns:
-      An optax transformation.
+      An optax transformation (with ``cfg.sparse_tables``, a
+      ``sparse_tables.RowSparseAdam``, which the train step recognises).
     """
+    if cfg.get("sparse_tables", False):
+        return _row_sparse(cfg, total_steps, label_fn, freeze_steps)
     if label_fn is None:
         return _one_group(cfg, total_steps, 1.0)
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
@@ -102,3 +110,20 @@ def make_optimizer(cfg, total_steps: int, params: Any = None,
                 lambda step, hold=hold: (step >= hold).astype("float32")))
         transforms[label] = group
     return optax.multi_transform(transforms, labels)
+
+
+def _row_sparse(cfg, total_steps, label_fn, freeze_steps) -> sparse_tables.RowSparseAdam:
+    """Lazy Adam for ``cfg.sparse_tables``; what it cannot do is refused up front."""
+    if cfg.name != "adam":
+        raise errors.ConfigError(f"config.optim.sparse_tables needs config.optim.name='adam' "
+                                 f"(lazy Adam), got {cfg.name!r}")
+    for key in ("l2", "weight_decay", "grad_clip"):
+        if cfg[key]:
+            # Each would touch every row every step, which is what the path avoids.
+            raise errors.ConfigError(f"config.optim.sparse_tables does not combine with "
+                                     f"config.optim.{key}={cfg[key]} (set it to 0)")
+    if label_fn is not None or freeze_steps or dict(cfg.group_lr):
+        raise errors.ConfigError("config.optim.sparse_tables supports one parameter group only "
+                                 "(no group_lr, frozen or held-fixed parameters; this model "
+                                 "has groups)")
+    return sparse_tables.row_sparse_adam(schedule(cfg, total_steps))

@@ -29,6 +29,7 @@ import optax
 
 from rec_jax.sharding import BATCH as AXIS, device_sharding
 from rec_jax.spec import LossFn
+from rec_jax.train import sparse_tables
 
 
 
@@ -56,18 +57,28 @@ def step_key(base_key: jax.Array, step: jax.Array, shard: jax.Array | int) -> ja
 
 def apply_update(state: TrainState, batch: dict, side: Any, frozen: Any, key: jax.Array, *,
                  loss_fn: LossFn, tx: optax.GradientTransformation,
-                 mean_grads: Callable = lambda g: g, sum_metrics: Callable = lambda s: s):
+                 mean_grads: Callable = lambda g: g, sum_metrics: Callable = lambda s: s,
+                 gather_shards: Callable = lambda x: x):
     """The pure core of every step: loss, gradient, reduction, optimizer update.
 
     Args:
       mean_grads: averages gradients over batch shards (identity when `batch`
         is the whole global batch, as under jit).
       sum_metrics: sums metric sums over batch shards (identity likewise).
+      gather_shards: concatenates an array over batch shards (identity
+        likewise); the row gradients of ``config.optim.sparse_tables``
+        (a `sparse_tables.RowSparseAdam` tx) are gathered, not averaged, since
+        each shard reads other rows.
 
     Returns:
       (new_state, sums): sums over the batch (plus `nonfinite`: > 0 when the
       loss was NaN/inf on some shard).
     """
+    if isinstance(tx, sparse_tables.RowSparseAdam):
+        params, opt_state, sums = sparse_tables.sparse_update_step(
+            state.params, state.opt_state, batch, side, frozen, key, loss_fn=loss_fn, tx=tx,
+            mean_grads=mean_grads, sum_metrics=sum_metrics, gather_shards=gather_shards)
+        return TrainState(state.step + 1, params, opt_state), sums
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, sums), grads = grad_fn(state.params, batch, side, frozen, key)
     grads = mean_grads(grads)
@@ -95,7 +106,8 @@ def train_step(state: TrainState, batch: dict, side: Any, frozen: Any, base_key:
     # is the gradient of the global-batch mean loss.
     return apply_update(state, batch, side, frozen, key, loss_fn=loss_fn, tx=tx,
                         mean_grads=lambda g: jax.lax.pmean(g, AXIS),
-                        sum_metrics=lambda s: jax.lax.psum(s, AXIS))
+                        sum_metrics=lambda s: jax.lax.psum(s, AXIS),
+                        gather_shards=lambda x: jax.lax.all_gather(x, AXIS, tiled=True))
 
 
 def global_train_step(state: TrainState, batch: dict, side: Any, frozen: Any,
@@ -133,12 +145,16 @@ def make_pmapped_step(loss_fn: LossFn, tx: optax.GradientTransformation):
 
     state, side and frozen carry a leading device axis (replicate them once);
     the key is broadcast. On accelerators the state is donated (its buffers
-    are reused); see `donated_state_args` for CPU.
+    are reused); see `donated_state_args` for CPU. A row-sparse tx
+    (``config.optim.sparse_tables``) donates on every backend: its update
+    writes a step's rows into the tables in place, and without donation XLA
+    first copies every table (measured on CPU, BPR-MF with 70k users + 11k
+    items: 37 ms per step undonated, 13 ms donated).
     """
     def step(state, batch, side, frozen, key):
         return train_step(state, batch, side, frozen, key, loss_fn=loss_fn, tx=tx)
-    return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, 0, 0, None),
-                    donate_argnums=donated_state_args())
+    donate = (0,) if isinstance(tx, sparse_tables.RowSparseAdam) else donated_state_args()
+    return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, 0, 0, None), donate_argnums=donate)
 
 
 def replicate(tree: Any) -> Any:
