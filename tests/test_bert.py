@@ -110,6 +110,30 @@ def test_dropout_is_stochastic_in_training(minilm, golden):
     assert not np.allclose(np.asarray(run(0)), np.asarray(run(1)))
 
 
+def test_training_attention_path_matches_inference(minilm, golden, forward):
+    # Training spells attention out (for dropout on the probabilities); inference
+    # goes through jax.nn.dot_product_attention. A rate too small to drop anything
+    # in fp32 (keep probability rounds to 1) runs the training path as the identity.
+    import dataclasses
+    _, model, params, _ = minilm
+    settings = dataclasses.replace(model.settings, attention_dropout=1e-30, hidden_dropout=0.0)
+    ids, mask, tt = golden["input_ids"], golden["attention_mask"], golden["token_type_ids"]
+    train = bert.BertModel(settings).apply(params, ids, mask, tt, deterministic=False,
+                                           rngs={"dropout": jax.random.key(0)})
+    np.testing.assert_allclose(np.asarray(train["last_hidden_state"]),
+                               np.asarray(forward(params, ids, mask, tt)), atol=1e-4)
+
+
+def test_exportable_gelu_keeps_golden_parity(minilm, golden):
+    # rec_jax.deploy exports BERT with the rational-erf GELU (no lax.erf op).
+    import dataclasses
+    _, model, params, _ = minilm
+    settings = dataclasses.replace(model.settings, hidden_act="gelu_exportable")
+    out = jax.jit(bert.BertModel(settings).apply)(
+        params, golden["input_ids"], golden["attention_mask"], golden["token_type_ids"])
+    assert np.abs(np.asarray(out["last_hidden_state"]) - golden["last_hidden_state"]).max() <= 1e-4
+
+
 def test_bf16_close_to_fp32(minilm, golden, forward):
     path, model, params, _ = minilm
     model_bf16 = bert.BertModel(model.settings, dtype=jnp.bfloat16)

@@ -553,12 +553,19 @@ def test_kd_fusion_student_trains_in_mesh_mode(ml100k_ratio, tmp_path):
     pipeline, total, tx, state, key = trainer._setup(spec, cfg, 0)
     template = {"state": state, "best": state.params}
     one = jax.jit(functools.partial(step_lib.global_train_step, loss_fn=spec.loss_fn, tx=tx))
+    init = jax.device_get(state.params)
     for s in range(total):
         state, _ = one(state, pipeline.global_host_batch(s), model_side, spec.frozen, key)
     want = jax.device_get(state.params)
+    # The mesh sums a user's gradient over shards in another order than one
+    # device does; through the fusion LayerNorm that leaves ~1e-5 differences
+    # on a few rows (seen on AMD EPYC), well below the 2e-3 the 3 steps move.
+    moved = max(float(np.abs(np.asarray(r) - np.asarray(i)).max())
+                for r, i in zip(jax.tree.leaves(want), jax.tree.leaves(init)))
+    assert moved > 1e-3
     for (path, got), ref in zip(jax.tree_util.tree_leaves_with_path(fitted.params),
                                 jax.tree.leaves(want)):
-        np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5,
+        np.testing.assert_allclose(got, ref, atol=5e-5, rtol=0,
                                    err_msg=jax.tree_util.keystr(path))
 
     # The checkpoint comes back straight into the mesh layout, tables split by rows.

@@ -328,3 +328,65 @@ def test_project_reader_accepts_output(data):
     assert len(parsed.interactions) == N
     assert len(parsed.items) == stats["num_items"]
     assert len(parsed.users) == stats["num_users"]
+
+
+# Bytes of generate(d, N, seed=0) (ratings, movies, users) as the generator
+# wrote them before its speed-up (sorted keys, str.format per line): the
+# speed-up changed no byte. Pinned for the numpy version it was taken with
+# (the files depend on numpy's random streams).
+_GOLDEN_SHA256 = "2ea1725229dd1e4fee0d5353d57ee662b541e3fe8e28214c292121bfb0509b4c"
+_GOLDEN_NUMPY = "2.4.6"
+
+
+def test_output_bytes_unchanged_by_speedups(data):
+    if np.__version__ != _GOLDEN_NUMPY:
+        pytest.skip(f"golden bytes taken with numpy {_GOLDEN_NUMPY}")
+    import hashlib
+    d = data[0]
+    digest = hashlib.sha256()
+    for name in FILES:
+        with open(os.path.join(d, name), "rb") as f:
+            digest.update(f.read())
+    assert digest.hexdigest() == _GOLDEN_SHA256
+
+
+def test_line_formatter_matches_str_format():
+    rng = np.random.default_rng(0)
+    cols = [rng.integers(0, 10 ** k, 500) for k in (1, 4, 1, 10)]
+    cols[0][:4] = [0, 9, 10, 0]
+    cols[3][:4] = [0, 1_046_454_590, 10, 99]
+    want = "".join(map("{}::{}::{}::{}\n".format, *[c.tolist() for c in cols]))
+    assert synthetic._format_lines(*cols) == want.encode("ascii")
+    empty = np.zeros(0, np.int64)
+    assert synthetic._format_lines(empty, empty, empty, empty) == b""
+
+
+def test_top_k_row_equals_full_sort_with_ties():
+    rng = np.random.default_rng(1)
+    for keys in (rng.standard_normal(50).astype(np.float32),
+                 np.repeat(np.float32([0.5, 1.0, 2.0]), [20, 20, 10])):  # ties at the cut
+        for k in (1, 7, 25, 49):
+            srt = np.sort(keys)
+            mask = keys >= srt[len(keys) - k]
+            if mask.sum() != k:  # the old code's tie rule: a stable argsort
+                mask[:] = False
+                mask[np.argsort(-keys, kind="stable")[:k]] = True
+            np.testing.assert_array_equal(synthetic._top_k_row(keys, k), np.flatnonzero(mask))
+
+
+def test_numpy_reader_equals_tfds_builder(tmp_path):
+    """The benchmark's numpy preparation gives the TFDS builder's dataset, array for array."""
+    pytest.importorskip("tensorflow_datasets")
+    from rec_jax.bench import data as bench_data
+    from rec_jax.data import dataset as dataset_lib
+    src = str(tmp_path / "src")
+    # 400 items for 100 users: some movies are never rated (dropped by both).
+    stats = synthetic.generate(src, 3_000, seed=4, num_users=100, num_items=400)
+    assert stats["num_rated_items"] < 400
+    want = dataset_lib.load("1m", str(tmp_path / "data"), src)
+    got = bench_data.read_ml1m_arrays(src)
+    assert got.name == want.name
+    for field in dataset_lib._FIELDS:
+        a, b = getattr(got, field), getattr(want, field)
+        assert a.dtype == b.dtype, field
+        np.testing.assert_array_equal(a, b, err_msg=field)

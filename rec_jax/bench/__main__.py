@@ -10,10 +10,11 @@ import time
 
 from rec_jax import bench
 from rec_jax.bench import encoder, machine, mesh_memory, report, serving, teacher, train
+from rec_jax.bench import ann as ann_part
 from rec_jax.bench import eval as eval_part
 from rec_jax.bench.data import Workload, has_tf
 
-PARTS = ("train", "eval", "encoder", "teacher_step", "serving", "mesh")
+PARTS = ("train", "eval", "encoder", "teacher_step", "serving", "mesh", "ann")
 STUDENTS = ("mf", "sasrec", "deepfm")
 
 
@@ -31,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=0, help="0: 5, or 3 with --quick")
     parser.add_argument("--max_steps", type=int, default=400,
                         help="an epoch longer than this is timed over this many steps")
+    parser.add_argument("--sparse_tables", default="",
+                        help="train part: comma list of students also timed with "
+                             "config.model.<m>.optim.sparse_tables=True (rows <m>_sparse)")
     parser.add_argument("--data_dir", default=os.path.join(bench.REPO_ROOT, "data"))
     parser.add_argument("--no_tf", action="store_true", help="never prepare data through TFDS")
     parser.add_argument("--config", default="",
@@ -40,9 +44,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="a prepared ml-100k folder (arrays.npz) to read as is, without "
                              "raw files or TF (config.data.prepared)")
     parser.add_argument("--bert_path", default="")
+    parser.add_argument("--torch_python", default="",
+                        help="encoder part: a Python with torch + transformers (a separate venv, "
+                             "never this one) to time PyTorch's BertModel on the same batches "
+                             "($REC_JAX_TORCH_PYTHON when unset)")
     parser.add_argument("--teacher_freeze", default="")
     parser.add_argument("--dtype", default="",
                         help="config.dtype: compute dtype of every model (float32 | bfloat16)")
+    parser.add_argument("--ann_items", type=int, default=1_000_000,
+                        help="ann part: synthetic catalogue size (200k with --quick)")
+    parser.add_argument("--ann_data", default="clustered",
+                        help="ann part: comma list of clustered (judged), gaussian (pessimistic)")
+    parser.add_argument("--ann_retrieval", default="ivf",
+                        help="ann part: the index, as config.eval.retrieval (ivf[:nlist=,nprobe=])")
     return parser.parse_args(argv)
 
 
@@ -85,13 +99,18 @@ def main(argv=None) -> dict:
     work = Workload(config, args.data_dir, tf_ok, args.prepared)
     runs = {  # part -> a function returning its entries of the results
         "train": lambda: train.part(work, config, sizes, models, args.max_steps, repeats,
-                                    args.quick, "" if tf_ok else "numpy"),
+                                    args.quick, "" if tf_ok else "numpy",
+                                    tuple(m for m in args.sparse_tables.split(",") if m)),
         "eval": lambda: eval_part.part(work, config, max(repeats, 5),
                                        ("mf",) if args.quick else models),
-        "encoder": lambda: encoder.part(args.quick, args.bert_path or None),
+        "encoder": lambda: encoder.part(args.quick, args.bert_path or None,
+                                        args.torch_python or None),
         "teacher_step": lambda: teacher.part(work, config, args.quick),
         "serving": lambda: serving.part(work, config, args.quick),
         "mesh": lambda: {"mesh_memory": mesh_memory.mesh_memory()},
+        "ann": lambda: ann_part.part(args.quick, args.ann_items,
+                                     [k for k in args.ann_data.split(",") if k], repeats,
+                                     args.ann_retrieval),
     }
     chosen = set(args.parts.split(","))
     res: dict = {"machine": machine.machine_info(), "args": vars(args), "repeats": repeats,

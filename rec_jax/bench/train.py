@@ -153,6 +153,7 @@ def train_throughput(name: str, config, data, side, max_steps: int, repeats: int
             # Process CPU time (all threads): steadier than wall time on a shared machine.
             "examples_per_cpu_s": steps * pipe.global_batch / statistics.median(cpu_times),
             "step_ms": 1000 * med / steps, "epoch_s": med * spe / steps,
+            "epoch_cpu_s": statistics.median(cpu_times) * spe / steps,
             "epoch_measured": steps == spe, "loss": loss}
 
 
@@ -252,9 +253,20 @@ def growth_exponent(points: list[tuple[int, float]]) -> float | None:
     return math.log(t1 / t0) / math.log(n1 / n0)
 
 
+def with_sparse_tables(config, name: str):
+    """A copy of the config with ``config.model.<name>.optim.sparse_tables`` on."""
+    config = copy.deepcopy(config)
+    config.model[name].optim.sparse_tables = True
+    return config
+
+
 def part(workload: Workload, config, sizes, models, max_steps: int, repeats: int,
-         quick: bool, engine: str) -> dict:
+         quick: bool, engine: str, sparse: tuple = ()) -> dict:
     """The ``train`` part: every model at every size, the growth of epoch time, the MF profile.
+
+    Args:
+      sparse: students timed a second time with their ``optim.sparse_tables``
+        on (lazy Adam on the rows a step reads), as ``<name>_sparse``.
 
     Returns:
       The results' ``train`` (size label -> data info and per-model figures),
@@ -263,6 +275,8 @@ def part(workload: Workload, config, sizes, models, max_steps: int, repeats: int
     res: dict = {"train": {}}
     # Besides pmap (what the trainer runs), MF through the mesh-mode jit path.
     with_mesh = "mf" in models and not quick
+    runs = ([(name, "pmap", False) for name in models] + with_mesh * [("mf", "mesh", False)]
+            + [(name, "pmap", True) for name in sparse])
     for label in sizes:
         try:
             data, side, info = workload.get(label)
@@ -270,15 +284,20 @@ def part(workload: Workload, config, sizes, models, max_steps: int, repeats: int
             print(f"[train] {label}: skipped ({e})", flush=True)
             continue
         entry = {"data": info, "models": {}}
-        for name, mode in [(name, "pmap") for name in models] + with_mesh * [("mf", "mesh")]:
+        for name, mode, sparse_tables in runs:
             clock = time.time()
             try:
-                r = train_throughput(name, config, data, side, max_steps, repeats, engine,
+                r = train_throughput(name, with_sparse_tables(config, name) if sparse_tables
+                                     else config, data, side, max_steps, repeats, engine,
                                      mode=mode)
+                if sparse_tables:
+                    r["model"] += " (sparse tables)"
             except Exception as e:  # noqa: BLE001 - e.g. out of memory at 10M
                 r = {"model": name, "error": f"{type(e).__name__}: {str(e)[:200]}"}
             r["bench_seconds"] = time.time() - clock
-            entry["models"][name if mode == "pmap" else f"{name}_mesh"] = r
+            key = name + ("_mesh" if mode == "mesh" else "") + ("_sparse" if sparse_tables
+                                                                  else "")
+            entry["models"][key] = r
             print(f"[train] {label} {r['model']}: " + (
                 f"{r['examples_per_s']:,.0f} ex/s, {r['epoch_s']:.2f} s/epoch"
                 f"{'' if r['epoch_measured'] else ' (extrapolated)'}"
@@ -287,11 +306,15 @@ def part(workload: Workload, config, sizes, models, max_steps: int, repeats: int
         res["memory_after_" + label] = memory_snapshot()
         if label != "ml100k":
             workload.drop(label)  # Free big datasets before the next size.
-    res["epoch_growth"] = {
-        name: growth_exponent([(e["data"]["interactions"], e["models"][name].get("epoch_s"))
-                               for lbl, e in res["train"].items()
-                               if SIZES.get(lbl) and name in e["models"]])
-        for name in list(models) + with_mesh * ["mf_mesh"]}
+    timed = list(models) + with_mesh * ["mf_mesh"] + [f"{n}_sparse" for n in sparse]
+    for key, figure in (("epoch_growth", "epoch_s"), ("epoch_growth_cpu", "epoch_cpu_s")):
+        # Wall time is what a user waits; process CPU time (all threads) is
+        # steadier on a shared machine, so both growths are kept.
+        res[key] = {
+            name: growth_exponent([(e["data"]["interactions"], e["models"][name].get(figure))
+                                   for lbl, e in res["train"].items()
+                                   if SIZES.get(lbl) and name in e["models"]])
+            for name in timed}
     if "ml100k" in res["train"] and "mf" in models:
         data, side, _ = workload.get("ml100k")
         res["mf_profile"] = mf_profile(config, data, side, repeats, quick)
