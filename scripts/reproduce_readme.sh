@@ -3,9 +3,8 @@
 # finished runs are skipped, interrupted ones resume). The commands run the
 # current protocol; the README's old-protocol tables (item-ID ties) need
 # --config.data.tie_order=item_id --config.model.deepfm.label=rating
-# --config.baselines= on each job. CPU-only; about 10 hours
-# on a 2-core machine (before the tuning grid and the controls: 5-6 hours, or
-# 2.5 hours two jobs at a time). Then `python -m rec_jax.sweep report workdir/<grid>` prints
+# --config.baselines= on each job. CPU-only; well over a day on a 2-core machine
+# (the controls and the fine-tuning grid are hours each); run grids two at a time. Then `python -m rec_jax.sweep report workdir/<grid>` prints
 # each grid's table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,10 +15,20 @@ summary() { $PY -m rec_jax.sweep report "workdir/$1" "${@:2}" > "workdir/$1/summ
 job() { $PY -m rec_jax.main --config="$1" --workdir="$2" --config.progress=off "${@:3}"; }
 
 $PY scripts/id_neighbour_rule.py > workdir/id_neighbour_rule.md   # the tie-leak check
-grid tune_students; summary tune_students --split valid   # equal tuning budgets (choose on valid)
+# Tuning on the selection half of validation (eval.selection=halves): the teacher first (its
+# winner is the default), then the plain students (winners in configs/common.py:tuned_loo_time),
+# then the KD rows on the tuned students.
+grid tune_teacher; summary tune_teacher --split valid_selection
+grid tune_students; summary tune_students --split valid_selection
 grid main_seeds; summary main_seeds                 # main job, seeds 0-2: KD gains + paired tests
-job configs/ml100k_controls.py workdir/controls                 # what the language model buys
-job configs/ml100k_controls.py workdir/controls_cold --config.data.split=cold_items
+grid controls; summary controls --metric ndcg@10 tail/ndcg@10 cold/recall@10 \
+  --compare mf_kd:mf_kd@teacher_notext sasrec_kd:sasrec_kd@teacher_notext \
+            mf_kd:mf_kd@sasrec sasrec_kd:sasrec_kd@sasrec mf_kd:mf sasrec_kd:sasrec \
+  --compare_metric ndcg@10 tail/ndcg@10 cold/recall@10 cold_only/recall@10
+# The language model's side: before / after fine-tuning, cold items among all items.
+grid finetune; summary finetune --metric ndcg@10 tail/ndcg@10 cold/recall@10 cold_only/recall@10
+grid cold_fusion; summary cold_fusion --split valid_selection \
+  --metric ndcg@10 cold/recall@10 cold_only/recall@10 tail/ndcg@10
 # Cold start, fractions 1 and 0.1 of the labels, seeds 0-2: with the whole-profile teacher
 # (what user_tower=auto picks on cold_items) and with the causal one (the earlier table).
 for tower in profile causal; do
@@ -41,4 +50,6 @@ for seed in 1 2; do                                              # the ratio tea
   job configs/ml100k_teacher.py "workdir/teacher_ratio_seed$seed" --config.data.split=ratio \
       --config.seed="$seed"
 done
-$PY -m rec_jax.bench --sizes ml100k,100k,1m --out workdir/bench/bench.json   # speed table (idle machine)
+# Speed table (idle machine; the encoder row needs a separate torch venv, see the README).
+$PY -m rec_jax.bench --sparse_tables mf ${TORCH_PYTHON:+--torch_python "$TORCH_PYTHON"} \
+    --out workdir/bench/bench.json
