@@ -109,11 +109,14 @@ def test_main_job_tiny_end_to_end(tmp_path):
     assert os.path.exists(os.path.join(workdir, "COMPLETE"))
 
     # --------------------------------------------------------- re-evaluation
+    # (Three of the models: one of each kind of checkpoint, a teacher, a KD
+    # student and a sequential one; every model takes the same path.)
+    evaluated = ("teacher", "mf_kd", "sasrec")
     before = {n: os.stat(os.path.join(workdir, n, "results.json")).st_mtime_ns for n in MODELS}
-    _main(workdir, "--stage=eval")
+    _main(workdir, "--stage=eval", f"--config.models={','.join(evaluated)}")
     again = _read(os.path.join(workdir, "results.json"))
-    assert set(again) == set(MODELS) | {"ease"}
-    for name in MODELS:
+    assert set(evaluated) <= set(again)
+    for name in evaluated:
         assert os.stat(os.path.join(workdir, name, "results.json")).st_mtime_ns > before[name]
         for metric, value in results[name]["test"].items():
             np.testing.assert_allclose(again[name]["test"][metric], value, rtol=1e-6,

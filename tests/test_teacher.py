@@ -382,7 +382,7 @@ def test_a_top1_step_changes_only_the_top_layer_and_the_heads():
         return out["logits"].mean() + out["ctr_logit"].mean() + out["genre_logits"].mean()
     tx = optim.make_optimizer(common.base_config().teacher.optim, 10, params,
                               lambda path: "encoder" if path[0] == "text" else "heads")
-    updates, _ = tx.update(jax.grad(loss)(params), tx.init(params), params)
+    updates, _ = jax.jit(tx.update)(jax.jit(jax.grad(loss))(params), tx.init(params), params)
     new = flax.traverse_util.flatten_dict(optax.apply_updates(params, updates))
     moved = {p for p in flat if not np.allclose(new[p], flat[p])}
     assert bert_paths <= moved  # the top layer trains
