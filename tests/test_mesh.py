@@ -366,12 +366,12 @@ def test_two_process_mesh_run_matches_one_process_and_resumes(mesh_run, tmp_path
     their part of the checkpoints; and a 2-process run SIGKILLed after a
     checkpoint resumes (restored shard by shard into the mesh) to exactly
     where the uninterrupted 2-process run ended."""
-    from test_multihost import _kill_at_first_checkpoint, _two_processes, _wait
+    from test_multihost import _kill_at_first_checkpoint, _retry_if_hung, _two_processes, _wait
 
     reference, _ = mesh_run
     mesh = ("--config.parallel=mesh",)  # with test_multihost's flags, MESH_FLAGS
     multi = str(tmp_path / "multi")
-    _wait(_two_processes(multi, data_dir, mesh))
+    _retry_if_hung(lambda: _wait(_two_processes(multi, data_dir, mesh)), multi)
     got, want = _results(multi), _results(reference)
     assert got["info"]["parallel"] == "mesh"
     for key in ("best_step", "steps_done", "stopped_early"):
@@ -386,8 +386,8 @@ def test_two_process_mesh_run_matches_one_process_and_resumes(mesh_run, tmp_path
         assert os.listdir(os.path.join(state, f"ocdbt.process_{process}", "d")), process
 
     resumed = str(tmp_path / "resumed")
-    steps = _kill_at_first_checkpoint(_two_processes(resumed, data_dir, mesh), resumed,
-                                      poll=0.01)
+    steps = _retry_if_hung(lambda: _kill_at_first_checkpoint(
+        _two_processes(resumed, data_dir, mesh), resumed, poll=0.01), resumed)
     assert steps and steps[-1] < MESH_TOTAL_STEPS, f"the kill did not land mid-training: {steps}"
     _wait(_two_processes(resumed, data_dir, mesh))
     with open(tmp_path / "log_resumed_0.txt") as f:
