@@ -132,7 +132,7 @@ def serving_bench(config, data, side_fn, calls: int = 1000, k: int = 20,
                 out[f"{name}_{stat}_ms_{batch}"] = v
         if args_calls:
             for name, ms in interleaved_latencies_ms(with_args, args_calls).items():
-                out[f"{name}_args_p50_ms_{batch}"] = float(np.percentile(ms, 50))
+                out[f"{name}_args_p50_ms_{batch}"] = _percentiles(ms)["p50"]
         for stat in ("p50", "p99"):
             out[f"speedup_{stat}_{batch}"] = (out[f"teacher_{stat}_ms_{batch}"]
                                               / out[f"mf_{stat}_ms_{batch}"])
