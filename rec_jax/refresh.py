@@ -78,6 +78,7 @@ def window_config(config, window: int, policy: str, previous: str | None):
             section.train.epochs = r.teacher_epochs if parsed.is_teacher else r.student_epochs
             section.train.steps = 0
             section.train.patience = r.patience
+            section.train.min_epochs = 0.0  # a warm start may stop at once
     return c
 
 

@@ -99,6 +99,7 @@ def test_refresh_warm_starts_the_teacher_and_the_student_from_the_previous_windo
                                                       "params.msgpack")
     assert (c.teacher.train.epochs, c.model.mf.train.epochs) == (10.0, 20.0)
     assert c.teacher.train.patience == c.model.mf.train.patience == 3
+    assert c.teacher.train.min_epochs == c.model.mf.train.min_epochs == 0.0
     for policy in ("stale", "scratch"):  # full budget, random init
         c = refresh.window_config(config, 2, policy, "w/x")
         assert c.teacher.train.init_from == c.model.mf.train.init_from == ""
@@ -157,7 +158,9 @@ def test_an_unset_warm_start_keeps_teacher_fingerprints():
     from rec_jax.recipes import artifacts
 
     config = ml100k_distill.get_config()
-    # The fixed protocol's seed-0 teacher (halves, patience 20): tuned and cached once.
+    # The fixed protocol's seed-0 teacher (halves, patience 20, min_epochs 100).
+    assert artifacts.fingerprint(config) == "1f431e5e930ee2d8"
+    config.teacher.train.min_epochs = 0.0  # the teacher tuned before min_epochs
     assert artifacts.fingerprint(config) == "acc9b3379317e790"
     config.eval.selection = "all"  # the protocol of that teacher (selection keyed since)
     config.teacher.train.patience = 10  # (its patience then)

@@ -315,3 +315,38 @@ def test_end_to_end_tiny_run_writes_every_output(tmp_path, ml100k):
     again = _ok(run_main(str(workdir)))
     assert "finished earlier" in again.stdout
     assert load_results(str(workdir)) == results
+
+
+# ---------------------------------------------------------------------------
+# (f) train.min_epochs: patience cannot stop a run before it.
+# ---------------------------------------------------------------------------
+
+
+def test_min_epochs_holds_off_early_stopping(ml100k_ratio, tmp_path):
+    """With lr 0 the validation metric never improves after the first evaluation,
+    so patience 1 stops at the second one; min_epochs moves the stop to the first
+    evaluation at or after it, and the best step stays the first evaluation."""
+    from configs import ml100k_mf
+
+    from rec_jax import recipes
+    from rec_jax import run as run_lib
+    from rec_jax.train import trainer
+
+    data = ml100k_ratio
+    config = ml100k_mf.get_config("tiny")
+    side = run_lib.build_side(config, data, ["mf"])
+    spec = recipes.model_spec("mf", config, data, side)
+    evaluator = run_lib.make_evaluator(data, "valid", config, spec,
+                                       users=np.arange(64, dtype=np.int32))
+    steps = {}
+    for min_epochs in (0.0, 3.0):
+        cfg = recipes.model_config(config, "mf")
+        cfg.optim.update(name="sgd", lr=0.0)
+        cfg.train.update(epochs=10.0, batch_size_per_device=8192, eval_every_epochs=1.0,
+                         patience=1, min_epochs=min_epochs, input_engine="numpy")
+        fitted = trainer.fit(spec, cfg, side, str(tmp_path / f"min{min_epochs}"), evaluator,
+                             0, "off")
+        per_epoch = fitted.meta["history"][0]["step"]
+        assert fitted.meta["stopped_early"] and fitted.meta["best_step"] == per_epoch
+        steps[min_epochs] = fitted.meta["steps_done"] // per_epoch
+    assert steps == {0.0: 2, 3.0: 3}

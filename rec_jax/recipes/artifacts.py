@@ -61,6 +61,8 @@ def fingerprint(config, source: str = "teacher") -> str:
                          ("finetune_from", "")):
         if key in teacher and teacher[key] == default:
             teacher.pop(key)
+    if not teacher["train"].get("min_epochs", 1.0):  # (absent at 0: keeps older
+        teacher["train"].pop("min_epochs", None)      # fingerprints valid)
     if not teacher["optim"].get("sparse_tables", True):
         teacher["optim"].pop("sparse_tables")
     seeded_split = d.split != "loo_time" or d.train_fraction < 1.0 or d.tie_order == "random"
