@@ -478,3 +478,31 @@ def test_report_compares_two_models_per_metric_pooled_over_seeds(tmp_path):
     assert float(all_row[8]) > 0.01  # noise only: no significant difference
     with pytest.raises(ValueError, match="MODEL_A:MODEL_B"):
         report.report(root, compare=["mf_kd"])
+
+
+def test_report_compares_with_a_teacher_kept_in_the_teacher_cache(tmp_path):
+    """Grids keep their teacher in teacher.cache_dir/<fingerprint>/teacher, not in the
+    run: --compare teacher:B still pairs its per-user values (found from run.json)."""
+    from configs import ml100k_distill
+
+    from rec_jax.recipes import artifacts
+
+    root, cache = tmp_path / "grid", tmp_path / "cache"
+    rng = np.random.default_rng(0)
+    users = np.array([str(u) for u in range(200)])
+    for seed in (0, 1):
+        config = ml100k_distill.get_config()
+        config.seed, config.teacher.cache_dir = seed, str(cache)
+        values = {"teacher": rng.random(200) * 0.5}
+        values["mf"] = values["teacher"] - 0.1  # the teacher is better for every user
+        results = {m: {"test": {"ndcg@10": float(v.mean())}} for m, v in values.items()}
+        _write_run(root, f"s{seed}", json.loads(json.dumps(config.to_dict(), default=str)),
+                   results)
+        for model, folder in (("teacher", cache / artifacts.fingerprint(config) / "teacher"),
+                              ("mf", root / f"s{seed}" / "mf")):
+            folder.mkdir(parents=True)
+            np.savez(folder / "per_user_test.npz", user_id=users, **{"ndcg@10": values[model]})
+    report.report(root, compare=["teacher:mf"])
+    text = (root / "summary.md").read_text().split("Comparisons (test")[1]
+    row = _table_row(text, "teacher", "mf", "ndcg@10")
+    assert row[3] == "2" and row[7] == "<1e-4", row

@@ -273,10 +273,29 @@ def _kd_gains(
 def _per_user_pair(run: RunResult, a: str, b: str, split: str):
     """The per-user values of models a and b of a run, or None if either is missing."""
     try:
-        return (significance.load_per_user(str(run.workdir / a), split),
-                significance.load_per_user(str(run.workdir / b), split))
+        return (significance.load_per_user(_model_folder(run, a), split),
+                significance.load_per_user(_model_folder(run, b), split))
     except OSError:
         return None
+
+
+def _model_folder(run: RunResult, name: str) -> str:
+    """Where a run's model wrote its outputs: the run's own folder, or for a teacher
+    kept in teacher.cache_dir (grids share one), the cache folder of the run's
+    config (rec_jax.run.model_folder's rule; a relative cache_dir is read from the
+    current directory, as the run did)."""
+    own = run.workdir / name
+    cache = ((run.config or {}).get("teacher") or {}).get("cache_dir")
+    if own.is_dir() or not cache:
+        return str(own)
+    from ml_collections import ConfigDict
+
+    from rec_jax.recipes import artifacts
+    from rec_jax.spec import ModelName
+    if not ModelName.parse(name).is_teacher:
+        return str(own)
+    return os.path.join(os.path.expanduser(cache), artifacts.fingerprint(ConfigDict(run.config)),
+                        name)
 
 
 def _fmt(x: float) -> str:
