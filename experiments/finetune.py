@@ -41,8 +41,11 @@ def get_grid(arg=None):
     # content-KNN over BERT text (the cold-start bar), plain MF.
     frozen = [{"models": "ease,knn_text,mf,teacher,teacher_textonly,mf_kd",
                "teacher.freeze": "encoder"}]
+    # Warm-started from the frozen twin with a short budget: patience counts from
+    # the start (min_epochs 0), as in the refresh job's warm starts.
     tuned = [dict(models, **{"teacher.freeze": f"top:{k}", "teacher.finetune_from": "frozen",
-                             "teacher.train.epochs": 1.0 if tiny else FINETUNE_EPOCHS})
+                             "teacher.train.epochs": 1.0 if tiny else FINETUNE_EPOCHS,
+                             "teacher.train.min_epochs": 0.0})
              for k in ((1,) if tiny else (1, 2))]
     splits = sweep.product({"data.split": ["ratio"] if tiny else ["ratio", "cold_items"]})
     seeds = sweep.seeds(1 if tiny else 3)
