@@ -81,12 +81,8 @@ def main(argv):
     if _COORDINATOR.value or _DISTRIBUTED.value:
         if _COORDINATOR.value:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
-            # One execution at a time per CPU process: with async dispatch, a
-            # 2-process x 2-device mesh run on 2 cores hung once in three suite
-            # runs at its first step, both processes waiting inside Execute
-            # (py-spy). Suspected: the next dispatched program holding the
-            # threads the pending collective needs; not proven.
-            jax.config.update("jax_cpu_enable_async_dispatch", False)
+            # (2-process x 2-device runs deadlock now and then inside XLA's CPU
+            # client, with or without async dispatch: tests/test_multihost.py.)
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from rec_jax import run
     console.say(f"machine: {run.machine_description()}")

@@ -65,7 +65,12 @@ def _kill(procs):
         p.wait()
 
 
-def _wait(procs, timeout=150):
+# A 2-process tiny run takes about 15 s on the 2-core AMD EPYC; a hang is
+# declared at 3x that, so that one costs less than a minute of the suite.
+HANG_SECONDS = 45
+
+
+def _wait(procs, timeout=HANG_SECONDS):
     try:
         for p in procs:
             assert p.wait(timeout=timeout) == 0, f"process exited with {p.returncode}"
@@ -74,19 +79,32 @@ def _wait(procs, timeout=150):
         raise Hung(f"no exit within {timeout} s") from e
 
 
-def _retry_if_hung(fn, workdir):
-    """fn() once more, from an empty workdir, if it hung (a run that fails still fails).
+def _retry_if_hung(fn, workdir, resume=False, attempts=3):
+    """fn(), again if it hung, up to `attempts` times in all (a run that fails
+    still fails at once): from an empty workdir, or with resume=True from what
+    the hung run left there (a resumed run killed again resumes again, from
+    its latest checkpoint).
 
-    A 2-process CPU run over gloo hung at its first step once (see
-    rec_jax/main.py); a second hang fails the test, so a deadlock that
-    comes back is not hidden.
+    2-process x 2-device CPU runs over gloo deadlock now and then: in loops of
+    the tiny mesh run on the 2-core AMD EPYC, 2 of 10 runs hung (2 of 6 with
+    synchronous dispatch), at the first step or at the first step after an
+    evaluation. In a hung pair (gdb) both processes sit in Execute; one
+    process has both local devices' programs inside the gloo all-reduce, the
+    other has one device's program there and the other device's launch
+    waiting on XLA's per-device in-flight semaphore. Not fixed here (XLA's CPU
+    client); openxla/xla#16430 reports CPU collectives failing with
+    --xla_force_host_platform_device_count=2 as well. Three hangs in a row fail.
     """
-    try:
-        return fn()
-    except Hung as e:
-        print(f"\nWARNING: {workdir}: hung ({e}); retrying once", flush=True)
-        shutil.rmtree(workdir, ignore_errors=True)
-        return fn()
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Hung as e:
+            if attempt == attempts:
+                raise
+            print(f"\nWARNING: {workdir}: hung ({e}); attempt {attempt + 1} of {attempts}",
+                  flush=True)
+            if not resume:
+                shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _results(workdir):
@@ -106,7 +124,7 @@ def _ckpt_steps(workdir):
     return sorted(int(d) for d in os.listdir(folder) if d.isdigit())
 
 
-def _kill_at_first_checkpoint(procs, workdir, poll=0.2, timeout=150):
+def _kill_at_first_checkpoint(procs, workdir, poll=0.2, timeout=HANG_SECONDS):
     """SIGKILLs every process once a checkpoint exists; returns the checkpointed steps."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -122,7 +140,7 @@ def _kill_at_first_checkpoint(procs, workdir, poll=0.2, timeout=150):
 
 def test_two_processes_match_one_and_resume(tmp_path, data_dir):
     single = str(tmp_path / "single")
-    _wait([_launch(single, data_dir)])
+    _wait([_launch(single, data_dir)], timeout=300)  # (one process: no gloo)
     reference = _metrics(single)
 
     multi = str(tmp_path / "multi")
@@ -139,7 +157,7 @@ def test_two_processes_match_one_and_resume(tmp_path, data_dir):
         lambda: _kill_at_first_checkpoint(_two_processes(resumed, data_dir), resumed), resumed)
     assert steps, "no checkpoint appeared before the run ended"
     assert not os.path.exists(os.path.join(resumed, "mf", "results.json"))
-    _wait(_two_processes(resumed, data_dir))
+    _retry_if_hung(lambda: _wait(_two_processes(resumed, data_dir)), resumed, resume=True)
     after = _metrics(resumed)
     for k, v in reference.items():
         assert abs(after[k] - v) <= 1e-5, (k, after[k], v)
