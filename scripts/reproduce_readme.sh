@@ -20,7 +20,9 @@ $PY scripts/id_neighbour_rule.py > workdir/id_neighbour_rule.md   # the tie-leak
 # then the KD rows on the tuned students.
 grid tune_teacher; summary tune_teacher --split valid_selection
 grid tune_students; summary tune_students --split valid_selection
-grid main_seeds; summary main_seeds                 # main job, seeds 0-2: KD gains + paired tests
+grid main_seeds; summary main_seeds \
+  --compare mf_kd:mf sasrec_kd:sasrec deepfm_kd:deepfm mf_kd:sasrec mf_kd:ease teacher:sasrec \
+            teacher:mf --compare_metric ndcg@10 tail/ndcg@10   # main job, seeds 0-2: paired tests
 grid controls; summary controls --metric ndcg@10 tail/ndcg@10 cold/recall@10 \
   --compare mf_kd:mf_kd@teacher_notext sasrec_kd:sasrec_kd@teacher_notext \
             mf_kd:mf_kd@sasrec sasrec_kd:sasrec_kd@sasrec mf_kd:mf sasrec_kd:sasrec \
