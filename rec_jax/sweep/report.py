@@ -280,22 +280,15 @@ def _per_user_pair(run: RunResult, a: str, b: str, split: str):
 
 
 def _model_folder(run: RunResult, name: str) -> str:
-    """Where a run's model wrote its outputs: the run's own folder, or for a teacher
-    kept in teacher.cache_dir (grids share one), the cache folder of the run's
-    config (rec_jax.run.model_folder's rule; a relative cache_dir is read from the
-    current directory, as the run did)."""
-    own = run.workdir / name
-    cache = ((run.config or {}).get("teacher") or {}).get("cache_dir")
-    if own.is_dir() or not cache:
-        return str(own)
+    """Where a run's model wrote its outputs (rec_jax.run.model_folder: the run's
+    own folder, or the teacher cache of its config; a relative cache_dir is read
+    from the current directory, as the run did)."""
+    if not ((run.config or {}).get("teacher") or {}).get("cache_dir"):
+        return str(run.workdir / name)
     from ml_collections import ConfigDict
 
-    from rec_jax.recipes import artifacts
-    from rec_jax.spec import ModelName
-    if not ModelName.parse(name).is_teacher:
-        return str(own)
-    return os.path.join(os.path.expanduser(cache), artifacts.fingerprint(ConfigDict(run.config)),
-                        name)
+    from rec_jax import run as run_lib
+    return run_lib.model_folder(name, ConfigDict(run.config), str(run.workdir))
 
 
 def _fmt(x: float) -> str:

@@ -107,8 +107,7 @@ def fit(spec: ModelSpec, cfg, side: Any, folder: str, evaluator: Evaluator, seed
     pipeline, total_steps, tx, state, step_key = _setup(spec, cfg, seed)
     eval_every = max(1, int(tcfg.eval_every_epochs * pipeline.steps_per_epoch))
     # Early stopping may fire from this step on (train.min_epochs).
-    min_stop_step = int(math.ceil(float(tcfg.get("min_epochs", 0.0) or 0.0)
-                                  * pipeline.steps_per_epoch))
+    min_stop_step = int(math.ceil(tcfg.get("min_epochs", 0.0) * pipeline.steps_per_epoch))
     best_params = state.params
     meta = {"best_step": -1, "best_metric": -math.inf, "evals_since_best": 0,
             "history": [], "done": False, "stopped_early": False}
