@@ -72,6 +72,10 @@ def sasrec_section() -> ConfigDict:
     c.num_layers = 2
     c.num_heads = 2
     c.dropout = 0.2
+    # 0: cross-entropy over the whole catalogue (RecBole's CE) | N > 0: sampled
+    # softmax against N items drawn uniformly per step (cost independent of the
+    # catalogue; what a large catalogue needs, with optim.sparse_tables).
+    c.sampled_negatives = 0
     c.train = train_section(batch_size_per_device=128, epochs=200.0, patience=10)
     c.optim = optim_section()
     return c

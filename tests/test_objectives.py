@@ -58,6 +58,40 @@ def test_softmax_ce_loss_with_mask():
     assert float(objectives.softmax_ce_loss(logits, targets, jnp.zeros(3, bool))) == 0.0
 
 
+def test_sampled_softmax_ce_hand_computed_hits_and_mask():
+    pos = jnp.array([0.0, 0.0, 50.0])
+    neg = jnp.array([[0.0, 0.0],         # -log(1/3) = ln 3
+                     [0.0, 7.0],         # the 7.0 is the target drawn again: -log(1/2) = ln 2
+                     [-50.0, 80.0]])     # masked out
+    hits = jnp.array([[False, False], [False, True], [False, False]])
+    mask = jnp.array([True, True, False])
+    np.testing.assert_allclose(objectives.sampled_softmax_ce_loss(pos, neg, hits, mask),
+                               (LN3 + LN2) / 2, rtol=1e-6)
+    # Without the hit flag the drawn target counts as a negative.
+    np.testing.assert_allclose(objectives.sampled_softmax_ce_loss(pos[1:2], neg[1:2]),
+                               math.log(2 + math.exp(7.0)), rtol=1e-6)
+    # Every draw a hit: the loss is 0 with finite gradients.
+    g = jax.grad(lambda p: objectives.sampled_softmax_ce_loss(p, neg[:1], jnp.ones((1, 2), bool)))(
+        pos[:1])
+    assert np.isfinite(np.asarray(g)).all()
+
+
+def test_sampled_softmax_over_every_other_item_is_the_full_softmax():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
+    targets = jnp.array([0, 3, 5, 2])
+    others = np.array([[j for j in range(6) if j != t] for t in np.asarray(targets)])
+    pos = jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0]
+    neg = jnp.take_along_axis(logits, jnp.asarray(others), axis=1)
+    np.testing.assert_allclose(objectives.sampled_softmax_ce_loss(pos, neg),
+                               objectives.softmax_ce_loss(logits, targets), rtol=1e-6)
+    # Drawing the whole catalogue (targets included, flagged as hits) is the same.
+    every = jnp.broadcast_to(logits[:, None, :], (4, 1, 6))[:, 0]
+    hits = jnp.arange(6)[None] == targets[:, None]
+    np.testing.assert_allclose(objectives.sampled_softmax_ce_loss(pos, every, hits),
+                               objectives.softmax_ce_loss(logits, targets), rtol=1e-6)
+
+
 def test_bce_loss_soft_labels_and_mask():
     logits = jnp.array([0.0, LN3, 7.0])  # σ = 1/2, 3/4, ~1
     labels = jnp.array([0.5, 0.25, 0.0])

@@ -231,6 +231,34 @@ def test_mf_tables_are_found(ml100k_ratio):
                                "['user_embed']['embedding']"}
 
 
+def _table_names(name, config, data):
+    from rec_jax import recipes
+    from rec_jax.data import features
+    side = features.side_features(data.dataset) if name == "deepfm" else {}
+    spec = recipes.model_spec(name, config, data, side)
+    params = spec.init(jax.random.PRNGKey(0))
+    batch = spec.source.make_batch(np.arange(8), np.random.default_rng(0))
+    closed = jax.make_jaxpr(spec.loss_fn)(params, batch, side, None, jax.random.PRNGKey(0))
+    return set(sparse_tables.plan_tables(closed, params).names)
+
+
+def test_sasrec_item_table_is_row_sparse_only_with_sampled_softmax(ml100k_ratio):
+    config = common.base_config()
+    # The full softmax multiplies by the whole item table: it stays dense.
+    assert "['item_embed']['embedding']" not in _table_names("sasrec", config, ml100k_ratio)
+    config.model.sasrec.sampled_negatives = 16
+    names = _table_names("sasrec", config, ml100k_ratio)
+    assert "['item_embed']['embedding']" in names
+    assert all("block" not in n for n in names)  # attention weights are dense
+
+
+def test_deepfm_id_tables_are_found(ml100k_ratio):
+    names = _table_names("deepfm", common.base_config(), ml100k_ratio)
+    assert {"['user_embed']['embedding']", "['item_embed']['embedding']",
+            "['user_linear']['embedding']", "['item_linear']['embedding']"} <= names
+    assert not any("mlp" in n for n in names)
+
+
 @pytest.mark.parametrize("override, key", [({"name": "adagrad"}, "name"),
                                            ({"l2": 1e-4}, "l2"),
                                            ({"grad_clip": 1.0}, "grad_clip")])

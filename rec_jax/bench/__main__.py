@@ -35,6 +35,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sparse_tables", default="",
                         help="train part: comma list of students also timed with "
                              "config.model.<m>.optim.sparse_tables=True (rows <m>_sparse)")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="train part, repeatable: LABEL=MODEL:key=value[,key=value...] "
+                             "times MODEL again under these dotted config overrides as row "
+                             "LABEL, e.g. sasrec_sampled=sasrec:model.sasrec.sampled_negatives="
+                             "256,model.sasrec.optim.sparse_tables=true")
     parser.add_argument("--data_dir", default=os.path.join(bench.REPO_ROOT, "data"))
     parser.add_argument("--no_tf", action="store_true", help="never prepare data through TFDS")
     parser.add_argument("--config", default="",
@@ -58,6 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ann_retrieval", default="ivf",
                         help="ann part: the index, as config.eval.retrieval (ivf[:nlist=,nprobe=])")
     return parser.parse_args(argv)
+
+
+def variants(args: argparse.Namespace) -> tuple:
+    """The train part's extra rows: ``--sparse_tables`` then each ``--variant``."""
+    return (tuple(train.sparse_variant(m) for m in args.sparse_tables.split(",") if m)
+            + tuple(train.parse_variant(v) for v in args.variant))
 
 
 def load_config(args: argparse.Namespace):
@@ -96,11 +107,17 @@ def main(argv=None) -> dict:
     repeats = args.repeats or (3 if args.quick else 5)
     sizes = ["ml100k"] if args.quick else [s for s in args.sizes.split(",") if s]
     models = [m for m in args.models.split(",") if m]
+    try:  # A bad --variant ends here in one line, before any part runs.
+        extra_rows = variants(args)
+        for v in extra_rows:
+            train.with_overrides(config, v.overrides)
+    except (ValueError, KeyError) as e:
+        sys.exit(f"python -m rec_jax.bench: {str(e).strip(chr(39))}")
     work = Workload(config, args.data_dir, tf_ok, args.prepared)
     runs = {  # part -> a function returning its entries of the results
         "train": lambda: train.part(work, config, sizes, models, args.max_steps, repeats,
                                     args.quick, "" if tf_ok else "numpy",
-                                    tuple(m for m in args.sparse_tables.split(",") if m)),
+                                    extra_rows),
         "eval": lambda: eval_part.part(work, config, max(repeats, 5),
                                        ("mf",) if args.quick else models),
         "encoder": lambda: encoder.part(args.quick, args.bert_path or None,

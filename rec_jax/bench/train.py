@@ -253,30 +253,80 @@ def growth_exponent(points: list[tuple[int, float]]) -> float | None:
     return math.log(t1 / t0) / math.log(n1 / n0)
 
 
-def with_sparse_tables(config, name: str):
-    """A copy of the config with ``config.model.<name>.optim.sparse_tables`` on."""
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A student timed again under config overrides, as its own row (``label``)."""
+
+    label: str
+    model: str
+    overrides: tuple  # ((dotted config key, value), ...)
+    title: str = ""  # what the row's model column adds, e.g. "sparse tables"
+
+
+def sparse_variant(model: str) -> Variant:
+    """``model`` with ``config.model.<model>.optim.sparse_tables`` on: row ``<model>_sparse``."""
+    return Variant(f"{model}_sparse", model, ((f"model.{model}.optim.sparse_tables", True),),
+                   "sparse tables")
+
+
+def parse_variant(text: str) -> Variant:
+    """``LABEL=MODEL:key=value[,key=value...]`` (keys are dotted config paths)."""
+    label, eq, rest = text.partition("=")
+    model, colon, pairs = rest.partition(":")
+    items = [p.partition("=") for p in pairs.split(",") if p]
+    if not (eq and colon and label and model and items and all(e and k for k, e, _ in items)):
+        raise ValueError(f"--variant {text!r}: use LABEL=MODEL:key=value[,key=value...]")
+    return Variant(label, model, tuple((k, v) for k, _, v in items),
+                   ", ".join(f"{k.split('.')[-1]}={v}" for k, _, v in items))
+
+
+def _coerce(old, value):
+    """A command-line string as the type of the config value it replaces."""
+    if not isinstance(value, str) or isinstance(old, str):
+        return value
+    if isinstance(old, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{value!r} is not a boolean")
+        return value.lower() in ("true", "1")
+    return type(old)(value)
+
+
+def with_overrides(config, overrides):
+    """A copy of the config with dotted ``(key, value)`` overrides; an unknown key raises."""
     config = copy.deepcopy(config)
-    config.model[name].optim.sparse_tables = True
+    for key, value in overrides:
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            if part not in node:
+                raise KeyError(f"config.{key}: no key {part!r}")
+            node = node[part]
+        if last not in node:
+            raise KeyError(f"config.{key}: no key {last!r}")
+        node[last] = _coerce(node[last], value)
     return config
 
 
 def part(workload: Workload, config, sizes, models, max_steps: int, repeats: int,
-         quick: bool, engine: str, sparse: tuple = ()) -> dict:
+         quick: bool, engine: str, variants: tuple = ()) -> dict:
     """The ``train`` part: every model at every size, the growth of epoch time, the MF profile.
 
     Args:
-      sparse: students timed a second time with their ``optim.sparse_tables``
-        on (lazy Adam on the rows a step reads), as ``<name>_sparse``.
+      variants: students timed again under config overrides (:class:`Variant`;
+        e.g. ``sparse_variant("mf")``: lazy Adam on the rows a step reads).
 
     Returns:
       The results' ``train`` (size label -> data info and per-model figures),
-      ``memory_after_<size>``, ``epoch_growth`` and ``mf_profile`` entries.
+      ``memory_after_<size>``, ``epoch_growth`` (and ``_cpu``: exponent per row),
+      ``row_family`` (row -> student) and ``mf_profile`` entries.
     """
     res: dict = {"train": {}}
     # Besides pmap (what the trainer runs), MF through the mesh-mode jit path.
     with_mesh = "mf" in models and not quick
-    runs = ([(name, "pmap", False) for name in models] + with_mesh * [("mf", "mesh", False)]
-            + [(name, "pmap", True) for name in sparse])
+    runs = ([(name, name, "pmap", config, "") for name in models]
+            + with_mesh * [("mf_mesh", "mf", "mesh", config, "")]
+            + [(v.label, v.model, "pmap", with_overrides(config, v.overrides), v.title)
+               for v in variants])
     for label in sizes:
         try:
             data, side, info = workload.get(label)
@@ -284,19 +334,16 @@ def part(workload: Workload, config, sizes, models, max_steps: int, repeats: int
             print(f"[train] {label}: skipped ({e})", flush=True)
             continue
         entry = {"data": info, "models": {}}
-        for name, mode, sparse_tables in runs:
+        for key, name, mode, run_config, title in runs:
             clock = time.time()
             try:
-                r = train_throughput(name, with_sparse_tables(config, name) if sparse_tables
-                                     else config, data, side, max_steps, repeats, engine,
+                r = train_throughput(name, run_config, data, side, max_steps, repeats, engine,
                                      mode=mode)
-                if sparse_tables:
-                    r["model"] += " (sparse tables)"
+                if title:
+                    r["model"] += f" ({title})"
             except Exception as e:  # noqa: BLE001 - e.g. out of memory at 10M
                 r = {"model": name, "error": f"{type(e).__name__}: {str(e)[:200]}"}
             r["bench_seconds"] = time.time() - clock
-            key = name + ("_mesh" if mode == "mesh" else "") + ("_sparse" if sparse_tables
-                                                                  else "")
             entry["models"][key] = r
             print(f"[train] {label} {r['model']}: " + (
                 f"{r['examples_per_s']:,.0f} ex/s, {r['epoch_s']:.2f} s/epoch"
@@ -306,7 +353,8 @@ def part(workload: Workload, config, sizes, models, max_steps: int, repeats: int
         res["memory_after_" + label] = memory_snapshot()
         if label != "ml100k":
             workload.drop(label)  # Free big datasets before the next size.
-    timed = list(models) + with_mesh * ["mf_mesh"] + [f"{n}_sparse" for n in sparse]
+    res["row_family"] = {key: name for key, name, *_ in runs}
+    timed = list(res["row_family"])
     for key, figure in (("epoch_growth", "epoch_s"), ("epoch_growth_cpu", "epoch_cpu_s")):
         # Wall time is what a user waits; process CPU time (all threads) is
         # steadier on a shared machine, so both growths are kept.

@@ -59,6 +59,34 @@ def softmax_ce_loss(logits: jnp.ndarray, targets: jnp.ndarray,
     return _masked_mean(losses, mask)
 
 
+def sampled_softmax_ce_loss(pos_logits: jnp.ndarray, neg_logits: jnp.ndarray,
+                            neg_is_target: jnp.ndarray | None = None,
+                            mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Cross-entropy of each target against sampled items instead of the catalogue.
+
+    -log(exp(p) / (exp(p) + sum_n exp(q_n))): the full softmax's loss with
+    the catalogue replaced by N items drawn for the step, so its cost does
+    not grow with the number of items. With uniform draws the log-Q
+    correction (Jean et al. 2015) is the same constant for every sampled
+    item and cancels; none is applied.
+
+    Args:
+      pos_logits: [...] the target's logit.
+      neg_logits: [..., N] logits of the sampled items (shared draws broadcast).
+      neg_is_target: [..., N] bool, True where a sampled item is the target
+        itself (an accidental hit, left out of the softmax), or None.
+      mask: [...] bool, or None for all.
+    """
+    pos = pos_logits.astype(jnp.float32)
+    neg = neg_logits.astype(jnp.float32)
+    if neg_is_target is not None:
+        # A large finite value, not -inf: a row whose draws are all hits then
+        # keeps finite gradients (the hits carry ~0 weight either way).
+        neg = jnp.where(neg_is_target, -1e9, neg)
+    log_z = jnp.logaddexp(pos, jax.nn.logsumexp(neg, axis=-1))
+    return _masked_mean(log_z - pos, mask)
+
+
 def bce_loss(logits: jnp.ndarray, labels: jnp.ndarray,
              mask: jnp.ndarray | None = None) -> jnp.ndarray:
     """Binary cross-entropy with logits; labels may be soft (in [0, 1])."""

@@ -181,6 +181,16 @@ class SASRec(nn.Module):
     def score_all(self, query, side, deterministic=True):
         return self.user_vectors(query, side, deterministic) @ self.item_vectors(side).T
 
+    def sequence_states(self, batch, side, deterministic=True):
+        """([B, L, d] states after every position, [num_items, d] item table).
+
+        What a sampled softmax needs: the caller looks up only the items it
+        scores, so with `fusion` off the table is read by row lookups alone
+        (``optim.sparse_tables`` can then update it row-sparsely).
+        """
+        items = self.item_vectors(side, deterministic)
+        return self.encoder(items, batch["inputs"], deterministic), items
+
     def __call__(self, batch, side, deterministic=True):
         """Next-item logits at every position.
 

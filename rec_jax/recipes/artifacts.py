@@ -58,7 +58,7 @@ def fingerprint(config, source: str = "teacher") -> str:
     # Keys added after teachers were cached stay out while at their defaults
     # (keeps older fingerprints valid); the KG settings count when it is used.
     for key, default in (("use_kg", False), ("kg_scale", 1.0), ("id_dropout", 0.0),
-                         ("finetune_from", "")):
+                         ("finetune_from", ""), ("sampled_negatives", 0)):
         if key in teacher and teacher[key] == default:
             teacher.pop(key)
     if not teacher["train"].get("min_epochs", 1.0):  # (absent at 0: keeps older

@@ -218,17 +218,40 @@ def mf_spec(name: ModelName, config, data: SplitData, side: dict) -> ModelSpec:
 
 
 def sasrec_spec(name: ModelName, config, data: SplitData, side: dict) -> ModelSpec:
-    """SASRec with full-softmax cross-entropy over all items."""
+    """SASRec with cross-entropy over all items (config.model.sasrec.sampled_negatives
+    0) or over N items drawn uniformly per step (N > 0)."""
     cfg, module_kw = config.model.sasrec, module_args(name, config, side)
+    num_sampled = cfg.get("sampled_negatives", 0)
+    if num_sampled < 0:
+        raise errors.ConfigError(f"config.model.sasrec.sampled_negatives={num_sampled}: "
+                                 "use 0 (full softmax) or a positive count")
     module = students.SASRec(data.num_items, cfg.embed_dim, cfg.max_len, cfg.num_layers,
                              cfg.num_heads, cfg.dropout, **module_kw)
     source = SequenceSource(data, cfg.max_len)
 
-    def hard_fn(params, batch, side, rng):
+    def full_hard_fn(params, batch, side, rng):
         out = apply_train(module, params, batch, side, rng)
         mask = batch["targets"] >= 0
         loss = objectives.softmax_ce_loss(out["logits"], batch["targets"], mask)
         return loss, out, mask.sum().astype(jnp.float32)
+
+    def sampled_hard_fn(params, batch, side, rng):
+        # [B, L, N] logits against items shared by the device batch instead of
+        # [B, L, num_items]: the step's cost stops growing with the catalogue,
+        # and the item table is only looked up (row-sparse with sparse_tables).
+        dropout_rng, draw_rng = jax.random.split(rng)
+        states, items = module.apply({"params": params}, batch, side, False,
+                                     method=students.SASRec.sequence_states,
+                                     rngs={"dropout": dropout_rng})
+        mask = batch["targets"] >= 0
+        targets = jnp.where(mask, batch["targets"], 0)
+        sampled = jax.random.randint(draw_rng, (num_sampled,), 0, data.num_items)
+        pos = jnp.einsum("bld,bld->bl", states, items[targets])
+        neg = states @ items[sampled].T
+        loss = objectives.sampled_softmax_ce_loss(pos, neg, sampled == targets[..., None], mask)
+        return loss, {"user_emb": states[:, -1]}, mask.sum().astype(jnp.float32)
+
+    hard_fn = sampled_hard_fn if num_sampled else full_hard_fn
 
     def view_fn(params, batch, side, rng):
         # Distillation targets describe the user after their whole training
