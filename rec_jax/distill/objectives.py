@@ -66,13 +66,15 @@ def sampled_softmax_ce_loss(pos_logits: jnp.ndarray, neg_logits: jnp.ndarray,
 
     -log(exp(p) / (exp(p) + sum_n exp(q_n))): the full softmax's loss with
     the catalogue replaced by N items drawn for the step, so its cost does
-    not grow with the number of items. With uniform draws the log-Q
-    correction (Jean et al. 2015) is the same constant for every sampled
-    item and cancels; none is applied.
+    not grow with the number of items. The caller adds each draw's log
+    importance weight to its logit (uniform draws: log(num_items / N), so
+    the sum estimates the full normaliser; Bengio & Senecal 2008); with
+    q_n unshifted, negatives weigh N / num_items of their full-softmax weight.
 
     Args:
       pos_logits: [...] the target's logit.
-      neg_logits: [..., N] logits of the sampled items (shared draws broadcast).
+      neg_logits: [..., N] logits of the sampled items, importance weights
+        included (shared draws broadcast).
       neg_is_target: [..., N] bool, True where a sampled item is the target
         itself (an accidental hit, left out of the softmax), or None.
       mask: [...] bool, or None for all.

@@ -247,7 +247,11 @@ def sasrec_spec(name: ModelName, config, data: SplitData, side: dict) -> ModelSp
         targets = jnp.where(mask, batch["targets"], 0)
         sampled = jax.random.randint(draw_rng, (num_sampled,), 0, data.num_items)
         pos = jnp.einsum("bld,bld->bl", states, items[targets])
-        neg = states @ items[sampled].T
+        # Each draw stands for num_items / num_sampled items of the catalogue
+        # (uniform importance weight), so the sampled sum estimates the full
+        # softmax's normaliser; without it negatives weigh num_sampled /
+        # num_items of what they weigh in the full softmax.
+        neg = states @ items[sampled].T + jnp.log(data.num_items / num_sampled)
         loss = objectives.sampled_softmax_ce_loss(pos, neg, sampled == targets[..., None], mask)
         return loss, {"user_emb": states[:, -1]}, mask.sum().astype(jnp.float32)
 
