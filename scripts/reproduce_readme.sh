@@ -53,5 +53,8 @@ for seed in 1 2; do                                              # the ratio tea
       --config.seed="$seed"
 done
 # Speed table (idle machine; the encoder row needs a separate torch venv, see the README).
-$PY -m rec_jax.bench --sparse_tables mf ${TORCH_PYTHON:+--torch_python "$TORCH_PYTHON"} \
-    --out workdir/bench/bench.json
+# Each student also runs with what lets its step cost stop growing with the data: sparse
+# tables (MF, DeepFM), sampled softmax + sparse tables (SASRec).
+$PY -m rec_jax.bench --sparse_tables mf,deepfm \
+    --variant sasrec_sampled=sasrec:model.sasrec.sampled_negatives=1024,model.sasrec.optim.sparse_tables=true \
+    ${TORCH_PYTHON:+--torch_python "$TORCH_PYTHON"} --out workdir/bench/bench.json
