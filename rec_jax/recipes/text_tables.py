@@ -79,8 +79,9 @@ def encode_cached(texts: list[str], bert_path: str | None, max_length: int, laye
     result = dict(tokens)
     result["vectors" if pooled else "hidden"] = np.concatenate(outs).astype(np.float32)
     os.makedirs(cache_dir, exist_ok=True)
-    np.savez(file + ".tmp.npz", **result)
-    os.replace(file + ".tmp.npz", file)
+    tmp = f"{file}.{os.getpid()}.tmp.npz"  # (two runs encoding at once never share one)
+    np.savez(tmp, **result)
+    os.replace(tmp, file)
     return result
 
 
