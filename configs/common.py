@@ -340,7 +340,7 @@ def shrink(config: ConfigDict) -> ConfigDict:
     """The `tiny` variant: few epochs and small models, for tests and smoke runs."""
     for name in ("mf", "sasrec", "deepfm"):
         section = config.model[name]
-        section.train.epochs = 2.0
+        section.train.epochs = 1.0
         section.train.log_every_steps = 10
     config.model.sasrec.embed_dim = 32
     config.model.sasrec.num_layers = 1

@@ -13,6 +13,23 @@ os.environ["XLA_FLAGS"] = " ".join(
     f for f in (os.environ.get("XLA_FLAGS", ""), _FAKE_DEVICES) if f).strip()
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# One persistent XLA compilation cache per pytest session, shared with the
+# child jobs (subprocess_env copies os.environ): the subprocess tests run the
+# same tiny programs again and again (a resume after a kill, `--stage=eval`,
+# the 2-process retries), and a cached executable is the one a fresh compile
+# makes, so results do not change; a second tiny main job takes half the time.
+# Each session starts empty (CI measures a cold start) unless the caller
+# names a cache of their own.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _XLA_CACHE = tempfile.mkdtemp(prefix="rec_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
 import csv  # noqa: E402
 import math  # noqa: E402
 import pathlib  # noqa: E402
@@ -155,3 +172,4 @@ def tiny_movielens(tmp_path):
     def make(layout, name=None, **records):
         return write_tiny_movielens(tmp_path / (name or layout), layout, **records)
     return make
+

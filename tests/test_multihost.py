@@ -65,9 +65,10 @@ def _kill(procs):
         p.wait()
 
 
-# A 2-process tiny run takes about 15 s on the 2-core AMD EPYC; a hang is
-# declared at 35 s, so that one costs well under a minute of the suite.
-HANG_SECONDS = 35
+# A 2-process tiny run takes about 15 s on the 2-core AMD EPYC, up to ~30 s
+# while the other pytest worker (make test runs two) shares the cores; a hang
+# is declared at 50 s, so that one costs under a minute of the suite.
+HANG_SECONDS = 50
 
 
 def _wait(procs, timeout=HANG_SECONDS):
@@ -139,16 +140,14 @@ def _kill_at_first_checkpoint(procs, workdir, poll=0.2, timeout=HANG_SECONDS):
 
 
 def test_two_processes_match_one_and_resume(tmp_path, data_dir):
+    """One 2-process run, SIGKILLed once a checkpoint exists and resumed with
+    the same command, ends where the 1-process run ends: the steps before the
+    kill and after the resume both run on 2 processes, so this checks the
+    multi-host step and the resume at once (tests/test_mesh.py also compares
+    a resumed 2-process run with an uninterrupted one, bitwise)."""
     single = str(tmp_path / "single")
     _wait([_launch(single, data_dir)], timeout=300)  # (one process: no gloo)
     reference = _metrics(single)
-
-    multi = str(tmp_path / "multi")
-    _retry_if_hung(lambda: _wait(_two_processes(multi, data_dir)), multi)
-    got = _metrics(multi)
-    assert got.keys() == reference.keys()
-    for k, v in reference.items():
-        assert abs(got[k] - v) <= 1e-5, (k, got[k], v)
     assert reference["test/ndcg@10"] > 0.0
 
     # Kill both processes once a checkpoint exists, then resume with the same command.
@@ -158,6 +157,10 @@ def test_two_processes_match_one_and_resume(tmp_path, data_dir):
     assert steps, "no checkpoint appeared before the run ended"
     assert not os.path.exists(os.path.join(resumed, "mf", "results.json"))
     _retry_if_hung(lambda: _wait(_two_processes(resumed, data_dir)), resumed, resume=True)
+    with open(tmp_path / "log_resumed_0.txt") as f:  # (the log of the last attempt)
+        assert "resumed from step" in f.read()
     after = _metrics(resumed)
+    assert after.keys() == reference.keys()
+    assert _results(resumed)["info"]["steps_done"] == _results(single)["info"]["steps_done"]
     for k, v in reference.items():
         assert abs(after[k] - v) <= 1e-5, (k, after[k], v)
