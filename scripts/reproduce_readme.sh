@@ -24,7 +24,8 @@ grid main_seeds; summary main_seeds \
   --compare mf_kd:mf sasrec_kd:sasrec deepfm_kd:deepfm mf_kd:sasrec mf_kd:ease teacher:sasrec \
             teacher:mf --compare_metric ndcg@10 tail/ndcg@10   # main job, seeds 0-2: paired tests
 grid controls; summary controls --metric ndcg@10 tail/ndcg@10 cold/recall@10 \
-  --compare mf_kd:mf_kd@teacher_notext sasrec_kd:sasrec_kd@teacher_notext \
+  --compare teacher:teacher_notext teacher:teacher_textonly teacher:sasrec \
+            mf_kd:mf_kd@teacher_notext sasrec_kd:sasrec_kd@teacher_notext \
             mf_kd:mf_kd@sasrec sasrec_kd:sasrec_kd@sasrec mf_kd:mf sasrec_kd:sasrec \
   --compare_metric ndcg@10 tail/ndcg@10 cold/recall@10 cold_only/recall@10
 # The language model's side: before / after fine-tuning, cold items among all items.
