@@ -5,8 +5,8 @@
 Every model runs on the same split (`config.data.split`, default `loo_time`;
 `--config.data.split=ratio` works too) so that the rows of report.md compare.
 The teacher is reused from the workdir when it is already trained. About
-15-20 minutes on a 2-core CPU; `:tiny` (one epoch per student) runs the whole pipeline in under two
-minutes (tests and smoke runs).
+15-20 minutes on a 2-core CPU; `:tiny` (one epoch per student) runs the
+whole pipeline in under two minutes (tests and smoke runs).
 """
 
 from configs import common

@@ -172,4 +172,3 @@ def tiny_movielens(tmp_path):
     def make(layout, name=None, **records):
         return write_tiny_movielens(tmp_path / (name or layout), layout, **records)
     return make
-
